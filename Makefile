@@ -1,0 +1,117 @@
+# Switchboard - one Makefile, no generators.
+#
+#   make            build ./switchboard (and the test/demo backend)
+#   make deps       install missing Debian packages (apt-get), idempotent
+#   make test       deps + build + unit and integration tests, then the same
+#                   suite again under AddressSanitizer + UBSan
+#   make asan       the suite under AddressSanitizer + UBSan only
+#   make run        deps + build + start the demo (proxy, backends, dashboard)
+#   make install    PREFIX=/usr/local DESTDIR= : binary, man pages, sample config
+
+CC       ?= cc
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BUILD    ?= build/release
+SANITIZE ?=
+
+PKGS     := libevent libevent_pthreads yaml-0.1 jansson libmaxminddb libwebsockets
+
+# Debian packages the build, the tests and the demo need.
+APT_PACKAGES := build-essential pkg-config libevent-dev libhttp-parser-dev \
+	libmaxminddb-dev mmdb-bin libwebsockets-dev libyaml-dev libjansson-dev \
+	curl wrk python3 clang libclang-rt-14-dev
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread -lm
+
+CFLAGS_COMMON := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
+	-Wno-unused-parameter -g -I.
+ifeq ($(SANITIZE),1)
+CFLAGS_MODE := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+	-fno-sanitize-recover=undefined
+LDFLAGS_MODE := -fsanitize=address,undefined
+else
+CFLAGS_MODE := -O2
+LDFLAGS_MODE :=
+endif
+ALL_CFLAGS  = $(CFLAGS_COMMON) $(CFLAGS_MODE) $(PKG_CFLAGS) $(CFLAGS)
+ALL_LDFLAGS = $(LDFLAGS_MODE) $(LDFLAGS)
+
+MODULE_DIRS := proxy conf telemetry geo dashboard
+MODULE_SRC  := $(foreach d,$(MODULE_DIRS),$(wildcard $(d)/*.c))
+MAIN_SRC    := proxy/main.c
+LIB_SRC     := $(filter-out $(MAIN_SRC),$(MODULE_SRC))
+LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/%.o)
+MAIN_OBJ    := $(MAIN_SRC:%.c=$(BUILD)/%.o)
+
+BACKEND_SRC := $(wildcard tests/backend/*.c)
+BACKEND_BIN := $(BUILD)/sb-backend
+
+UNIT_SRC    := $(wildcard tests/unit/*/test_*.c)
+UNIT_BIN    := $(UNIT_SRC:%.c=$(BUILD)/%)
+
+.PHONY: all deps test asan run install clean unit-bins
+
+all: switchboard $(BACKEND_BIN) unit-bins
+
+switchboard: $(BUILD)/switchboard
+	cp $< $@
+
+$(BUILD)/switchboard: $(MAIN_OBJ) $(BUILD)/libswitchboard.a
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/libswitchboard.a: $(LIB_OBJ)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BACKEND_BIN): $(BACKEND_SRC)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+unit-bins: $(UNIT_BIN)
+
+# A unit test may #include the .c it tests to reach static functions; it links
+# against the library for everything else.
+$(BUILD)/tests/unit/%: tests/unit/%.c $(BUILD)/libswitchboard.a tests/unit/check.h
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Itests/unit $(ALL_LDFLAGS) -o $@ $< $(BUILD)/libswitchboard.a $(PKG_LIBS)
+
+-include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)
+
+# Install only what is missing; apt-get update runs only when something is.
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+asan:
+	$(MAKE) BUILD=build/asan SANITIZE=1 all
+	python3 tests/run.py --build build/asan
+
+test: deps
+	$(MAKE) all
+	$(MAKE) BUILD=build/asan SANITIZE=1 all
+	python3 tests/run.py --build build/release --build build/asan
+
+run: deps all
+	python3 tests/demo.py
+
+install: switchboard
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8 \
+		$(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/etc/switchboard
+	install -m 755 switchboard $(DESTDIR)$(PREFIX)/sbin/switchboard
+	install -m 644 man/switchboard.8 $(DESTDIR)$(PREFIX)/share/man/man8/switchboard.8
+	install -m 644 man/switchboard.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/switchboard.conf.5
+	install -m 644 conf/switchboard.yaml $(DESTDIR)$(PREFIX)/etc/switchboard/switchboard.yaml.sample
+
+clean:
+	rm -rf build switchboard

@@ -1,0 +1,162 @@
+/*
+ * conf.h - Switchboard configuration: a YAML file turned into plain data.
+ *
+ * The config module knows nothing of sockets, threads or event loops. It reads
+ * a file with libyaml, checks every key against one table (name, type, where
+ * it lands, default, bounds) and returns a `struct conf` that the caller owns
+ * and releases with conf_free(). Errors name the place and the key:
+ *
+ *     conf/switchboard.yaml:12:7: pools.web.servers[1].weight: expected an
+ *     integer from 1 to 256, got "heavy"
+ *
+ * Defaults live only in the key table in conf.c; the sample config and
+ * man/switchboard.conf.5 document the same keys.
+ *
+ * Thread context: called from the main thread only (start-up, SIGHUP reload,
+ * `-t`). The result is immutable once returned; workers may read it.
+ */
+#ifndef SWITCHBOARD_CONF_H
+#define SWITCHBOARD_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+/* Room for "FILE:LINE:COL: key: message". */
+#define CONF_ERROR_MAX 512
+
+/* A socket address given as "HOST:PORT", "[V6]:PORT" or "*:PORT". HOST may be
+ * a name; it is resolved once, when the file is loaded. */
+struct conf_addr {
+    union {
+        struct sockaddr     sa;
+        struct sockaddr_in  sin;
+        struct sockaddr_in6 sin6;
+    } u;
+    socklen_t len;
+    char text[80];              /* normalised: "127.0.0.1:80", "[::1]:80" */
+};
+
+/* An address range "10.0.0.0/8", "::1/128"; a bare address is a /32 or /128. */
+struct conf_cidr {
+    int     family;             /* AF_INET or AF_INET6 */
+    uint8_t addr[16];           /* network order; only 4 bytes used for v4 */
+    uint8_t prefix_len;
+};
+
+enum conf_balance {
+    CONF_BALANCE_ROUND_ROBIN,   /* smooth weighted round robin (nginx's) */
+    CONF_BALANCE_LEAST_CONN,    /* fewest in-flight requests per weight */
+    CONF_BALANCE_RANDOM2,       /* power of two random choices */
+    CONF_BALANCE_HASH,          /* consistent hash on `hash_key` */
+};
+
+enum conf_hash_key {
+    CONF_HASH_SOURCE,           /* client address (after trusted-proxy logic) */
+    CONF_HASH_URI,              /* request target, query included */
+    CONF_HASH_HEADER,           /* value of header `hash_name` */
+    CONF_HASH_COOKIE,           /* value of cookie `hash_name` */
+};
+
+enum conf_log_format {
+    CONF_LOG_COMBINED,
+    CONF_LOG_JSON,
+};
+
+struct conf_server {
+    struct conf_addr addr;
+    unsigned weight;            /* 1..256, default 1 */
+    bool     backup;            /* only used when no primary server can serve */
+    int      line, column;      /* where it was declared, for later messages */
+};
+
+struct conf_pool {
+    char *name;
+    enum conf_balance  balance;
+    enum conf_hash_key hash_key;
+    char *hash_name;            /* header or cookie name; NULL otherwise */
+    struct conf_server *servers;
+    size_t n_servers;
+    int line, column;
+};
+
+/* A route matches when every key it has matches; a route with neither key is
+ * the default. First match wins. */
+struct conf_route {
+    char  *host;                /* NULL = any; "*.example.com" = any subdomain;
+                                   compared case-insensitively without port */
+    char  *path_prefix;         /* NULL = any */
+    size_t pool;                /* index into conf.pools */
+    int line, column;
+};
+
+/* Every duration is in milliseconds. */
+struct conf_timeouts {
+    uint32_t connect;           /* backend TCP connect; default 5s */
+    uint32_t client_header;     /* first byte to end of request headers; 10s */
+    uint32_t client_idle;       /* keep-alive wait between requests; 60s */
+    uint32_t server;            /* backend silence while a response is due; 60s */
+    uint32_t tunnel;            /* idle time of an upgraded connection; 1h */
+    uint32_t shutdown;          /* SIGTERM grace for in-flight requests; 30s */
+};
+
+struct conf_limits {
+    uint32_t max_header_bytes;  /* request line + headers; default 32768 */
+    uint32_t max_connections;   /* client connections, whole process; 10000 */
+};
+
+struct conf_access_log {
+    char *path;                 /* file path, "stderr", or NULL when "off" */
+    enum conf_log_format format;
+};
+
+struct conf {
+    char *file;                 /* path the config was read from */
+
+    struct conf_addr *listen;
+    size_t n_listen;
+
+    unsigned workers;           /* resolved: "auto" becomes the core count */
+
+    struct conf_pool *pools;
+    size_t n_pools;
+
+    struct conf_route *routes;  /* ends with a default route if one exists */
+    size_t n_routes;
+
+    struct conf_cidr *trusted_proxies;
+    size_t n_trusted_proxies;
+
+    struct conf_timeouts   timeouts;
+    struct conf_limits     limits;
+    struct conf_access_log access_log;
+};
+
+/*
+ * Read and check the YAML file at `path`. On success returns a new struct
+ * conf owned by the caller. On failure returns NULL and writes one line
+ * "FILE:LINE:COL: message" (no trailing newline) into `err`.
+ */
+struct conf *conf_load(const char *path, char *err, size_t errlen);
+
+/* Same, from a string; `name` is used as FILE in messages. For tests. */
+struct conf *conf_load_string(const char *name, const char *yaml,
+                              char *err, size_t errlen);
+
+void conf_free(struct conf *conf);
+
+/* Value parsers shared with the rest of Switchboard. Each returns 0 on
+ * success, -1 with a short reason in `err` (no file:line). */
+int conf_parse_duration(const char *text, uint32_t *ms, char *err, size_t errlen);
+int conf_parse_addr(const char *text, struct conf_addr *out, char *err, size_t errlen);
+int conf_parse_cidr(const char *text, struct conf_cidr *out, char *err, size_t errlen);
+
+/* True when `addr` (AF_INET or AF_INET6 sockaddr) lies in `cidr`. An IPv4
+ * address mapped into IPv6 (::ffff:a.b.c.d) matches IPv4 ranges. */
+bool conf_cidr_match(const struct conf_cidr *cidr, const struct sockaddr *addr);
+
+const char *conf_balance_name(enum conf_balance b);
+
+#endif

@@ -1,0 +1,401 @@
+/*
+ * proxy-internal.h - types shared by the files of proxy/. Never included from
+ * another directory.
+ *
+ * Ownership, from the top:
+ *
+ *   struct proxy (main thread)
+ *     ├── struct px_runtime *current     one config generation, refcounted,
+ *     │                                   read-only once published
+ *     ├── struct px_listen_set[]         listening sockets, one per worker
+ *     │                                   per address (SO_REUSEPORT)
+ *     └── struct px_worker[]             one thread + one event_base each
+ *           ├── struct px_gen *gen        this worker's view of a runtime:
+ *           │                              per-worker balancer state, idle
+ *           │                              backend connections per server
+ *           ├── struct px_client (list)   accepted client connections
+ *           │     └── struct px_exchange  the request being served, if any
+ *           │           └── struct px_upstream  its backend connection
+ *           └── struct px_upstream (idle lists in px_gen)
+ *
+ * Threads: everything reachable from a worker is touched by that worker's
+ * thread only, except px_runtime (read-only, refcount atomic), the lb_server
+ * atomics, the proxy-wide connection counter, and the worker's mailbox (under
+ * its mutex; see worker.c).
+ */
+#ifndef SWITCHBOARD_PROXY_INTERNAL_H
+#define SWITCHBOARD_PROXY_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <http_parser.h>
+
+#include "conf/conf.h"
+#include "proxy/balance.h"
+#include "proxy/proxy.h"
+
+/* Output above this many bytes stops the reader that feeds it; reading
+ * resumes once the output is below it again. Bounds memory per connection. */
+#define PX_HIGH_WATERMARK   (256 * 1024)
+/* First read size; grows while reads fill it, up to PX_READ_MAX. */
+#define PX_READ_MIN         (16 * 1024)
+#define PX_READ_MAX         (256 * 1024)
+/* Headers per message, like HAProxy's global.tune.max_http_hdr default. */
+#define PX_MAX_HEADERS      101
+/* Idle backend connections kept per server per worker. */
+#define PX_IDLE_PER_SERVER  256
+/* An idle backend connection unused this long is closed. */
+#define PX_BACKEND_IDLE_MS  30000
+/* After an error answer, how long unread client bytes are drained before the
+ * socket is closed, so the answer is not lost to a TCP reset. */
+#define PX_LINGER_MS        2000
+
+/* ---- config generation -------------------------------------------------- */
+
+struct px_server {
+    struct conf_addr addr;
+    size_t index;               /* in its pool */
+    size_t global_index;        /* in the runtime, for per-worker arrays */
+    struct px_pool *pool;
+};
+
+struct px_pool {
+    char *name;
+    struct lb_pool lb;
+    struct lb_server *lb_servers;   /* n_servers, owned */
+    struct px_server *servers;      /* n_servers, owned */
+    size_t n_servers;
+    enum conf_hash_key hash_key;
+    char  *hash_name;
+    size_t hash_name_len;
+};
+
+struct px_route {
+    char  *host;                /* lower case; NULL = any */
+    bool   host_suffix;         /* host was "*.example.com": host = ".example.com" */
+    char  *path_prefix;         /* NULL = any */
+    size_t path_prefix_len;
+    struct px_pool *pool;
+};
+
+struct px_runtime {
+    atomic_int refs;            /* the proxy's, plus one per worker using it */
+    unsigned generation;
+    struct px_pool *pools;
+    size_t n_pools;
+    size_t n_servers_total;
+    struct px_route *routes;
+    size_t n_routes;
+    struct conf_cidr *trusted;
+    size_t n_trusted;
+    struct conf_timeouts timeouts;
+    struct conf_limits limits;
+    bool access_log_on;
+    enum conf_log_format access_log_format;
+};
+
+struct px_runtime *px_runtime_new(const struct conf *conf, unsigned generation,
+                                  char *err, size_t errlen);
+void px_runtime_ref(struct px_runtime *rt);
+void px_runtime_unref(struct px_runtime *rt);
+/* First matching route's pool, or NULL. `host` is lower case, no port. */
+struct px_pool *px_route_match(const struct px_runtime *rt,
+                               const char *host, size_t host_len,
+                               const char *path, size_t path_len);
+bool px_trusted(const struct px_runtime *rt, const struct sockaddr *sa);
+
+/* ---- one connection's socket and buffers -------------------------------- */
+
+struct px_conn {
+    int fd;
+    struct event rev;           /* readable, or a timeout while waiting */
+    struct event wev;           /* writable while output is pending */
+    struct evbuffer *in;
+    struct evbuffer *out;
+    uint32_t read_size;         /* adaptive read size */
+    uint32_t read_timeout;      /* ms the pending read event was armed with */
+    uint32_t write_timeout;
+    bool reading;               /* rev is pending */
+    bool writing;               /* wev is pending */
+    bool eof;                   /* peer sent FIN */
+    bool shut_wr;               /* we sent FIN */
+};
+
+/* 1 bytes read, 0 EOF, -1 error (errno set), -2 nothing to read now. */
+int  px_conn_read(struct px_conn *c);
+/* Write what the socket takes. 0 ok (maybe partial), -1 error (errno set). */
+int  px_conn_write(struct px_conn *c);
+/* Arm or disarm the read event; `timeout_ms` 0 = none. Cheap when unchanged
+ * and `rearm` is false. */
+void px_conn_want_read(struct px_conn *c, bool on, uint32_t timeout_ms, bool rearm);
+void px_conn_want_write(struct px_conn *c, bool on, uint32_t timeout_ms);
+void px_conn_close(struct px_conn *c);
+
+/* ---- parsed message head ------------------------------------------------ */
+
+struct px_header {
+    uint32_t name_off, name_len;
+    uint32_t value_off, value_len;
+};
+
+/* A request or response head as http-parser delivered it: every string lives
+ * in `buf`, referenced by offset because `buf` grows. */
+struct px_head {
+    char    *buf;
+    uint32_t len, cap;
+    uint32_t limit;             /* bytes allowed in buf (max_header_bytes) */
+    uint32_t url_off, url_len;  /* request target (requests) */
+    uint32_t reason_off, reason_len; /* reason phrase (responses) */
+    struct px_header hdr[PX_MAX_HEADERS];
+    unsigned n_hdr;
+    bool     in_value;          /* last callback was a header value */
+    bool     too_big;           /* limit or header count exceeded */
+    uint32_t head_bytes;        /* raw bytes of the head seen so far */
+};
+
+/* ---- per-worker view of a config generation ----------------------------- */
+
+struct px_upstream;
+TAILQ_HEAD(px_upstream_list, px_upstream);
+
+struct px_gen {
+    struct px_runtime *rt;
+    void **lb_state;                    /* per pool */
+    struct px_upstream_list *idle;      /* per server (global_index) */
+    unsigned *idle_count;               /* per server */
+    unsigned inflight;                  /* exchanges started under rt */
+    LIST_ENTRY(px_gen) link;
+};
+
+/* ---- connections and exchanges ----------------------------------------- */
+
+enum px_body {
+    PX_BODY_NONE,
+    PX_BODY_LENGTH,             /* Content-Length */
+    PX_BODY_CHUNKED,            /* through http-parser */
+    PX_BODY_UNTIL_CLOSE,        /* response without framing */
+};
+
+struct px_exchange;
+struct px_worker;
+
+struct px_upstream {
+    struct px_conn conn;
+    struct px_worker *worker;
+    struct px_gen *gen;         /* whose idle list it sits in, when idle */
+    struct px_server *server;
+    struct px_exchange *ex;     /* NULL while idle */
+    bool connected;
+    int  connect_error;         /* errno of a connect that failed at once */
+    bool reused;                /* served an earlier request */
+    TAILQ_ENTRY(px_upstream) idle_link;
+};
+
+enum px_client_state {
+    PX_CLIENT_IDLE,             /* keep-alive, no request byte yet */
+    PX_CLIENT_ACTIVE,           /* an exchange is running */
+    PX_CLIENT_CLOSING,          /* flush output, then close */
+    PX_CLIENT_LINGERING,        /* output flushed, FIN sent, draining input */
+};
+
+struct px_client {
+    struct px_conn conn;
+    struct px_worker *worker;
+    struct px_exchange *ex;
+    enum px_client_state state;
+    union {
+        struct sockaddr     sa;
+        struct sockaddr_in  sin;
+        struct sockaddr_in6 sin6;
+    } peer;
+    unsigned requests;
+    bool counted;               /* holds a slot of max_connections */
+    bool linger;                /* drain input before closing (after errors) */
+    TAILQ_ENTRY(px_client) link;
+};
+
+enum px_phase {
+    PX_PHASE_REQ_HEAD,          /* reading the request head */
+    PX_PHASE_CONNECT,           /* waiting for a backend connection */
+    PX_PHASE_RESP_HEAD,         /* request sent (or streaming), awaiting answer */
+    PX_PHASE_RESP_BODY,         /* streaming the response body */
+    PX_PHASE_TUNNEL,            /* after 101: bytes both ways */
+    PX_PHASE_DONE,
+};
+
+struct px_exchange {
+    struct px_client *client;
+    struct px_upstream *up;
+    struct px_gen *gen;
+    struct px_pool *pool;
+    struct px_server *server;
+    enum px_phase phase;
+
+    http_parser req_parser;
+    http_parser resp_parser;
+    struct px_head req;
+    struct px_head resp;
+
+    enum px_body req_body;
+    uint64_t req_remaining;     /* PX_BODY_LENGTH: bytes still to forward */
+    bool req_done;              /* whole request read from the client */
+    enum px_body resp_body;
+    uint64_t resp_remaining;
+    bool resp_done;
+    bool resp_started;          /* a byte of the answer went to the client */
+    bool resp_chunked_out;      /* we frame the answer as chunked */
+
+    bool head_request;          /* method HEAD: the answer has no body */
+    bool client_keepalive;      /* client may send another request */
+    bool client_http10;
+    bool upgrade;               /* client asked Connection: upgrade */
+    bool expect_continue;
+
+    char *req_out;              /* serialised request head, for a retry */
+    size_t req_out_len;
+    unsigned retries;
+
+    /* What the access log and telemetry report. */
+    char client_addr[INET6_ADDRSTRLEN];
+    int status;
+    const char *reason;         /* why the proxy answered itself, or NULL */
+    uint64_t bytes_in, bytes_out;
+    uint64_t t_start_ns, t_connect_ns, t_first_byte_ns;
+    int64_t  wall_start_us;
+    uint64_t tunnel_last_ns;
+};
+
+/* ---- workers ----------------------------------------------------------- */
+
+struct px_listener {
+    int fd;
+    struct event ev;
+    struct px_worker *worker;
+    char addr[80];
+    bool paused;
+    LIST_ENTRY(px_listener) link;
+};
+
+enum px_msg_type {
+    PX_MSG_RUNTIME,             /* adopt msg.rt (a reference is passed along) */
+    PX_MSG_LISTEN_ADD,          /* start accepting on msg.fd */
+    PX_MSG_LISTEN_DEL,          /* stop accepting on msg.fd (the worker closes it) */
+    PX_MSG_SHUTDOWN,            /* stop accepting, finish in-flight, exit */
+    PX_MSG_HARD_STOP,           /* close everything now and exit */
+};
+
+struct px_msg {
+    enum px_msg_type type;
+    struct px_runtime *rt;
+    int fd;
+    char addr[80];
+    STAILQ_ENTRY(px_msg) link;
+};
+
+struct px_worker {
+    unsigned id;
+    struct proxy *proxy;
+    pthread_t thread;
+    struct event_base *base;
+    struct event notify;        /* activated by the main thread */
+    struct event retry_accept;  /* re-enables paused listeners */
+
+    pthread_mutex_t mailbox_lock;
+    STAILQ_HEAD(, px_msg) mailbox;      /* protected by mailbox_lock */
+
+    struct px_gen *gen;                 /* current */
+    LIST_HEAD(, px_gen) old_gens;       /* still serving requests */
+    LIST_HEAD(, px_listener) listeners;
+    TAILQ_HEAD(, px_client) clients;
+    unsigned n_clients;
+    bool draining;
+    uint64_t rng_seed;
+};
+
+struct px_listen_set {
+    struct conf_addr addr;
+    int *fds;                   /* one per worker */
+    bool handed;                /* the workers own (and close) the fds */
+};
+
+struct proxy {
+    struct px_runtime *rt;              /* current; main thread */
+    struct px_worker *workers;
+    unsigned n_workers;
+    struct px_listen_set *listens;
+    size_t n_listens;
+    unsigned generation;
+    atomic_uint connections;            /* client connections, all workers */
+    uint32_t max_connections;           /* of the current runtime */
+    int access_log_fd;                  /* -1 when off */
+    char *access_log_path;
+    bool started;
+};
+
+void px_worker_post(struct px_worker *w, struct px_msg *msg);
+void *px_worker_main(void *arg);
+void px_worker_client_closed(struct px_worker *w);
+/* The generation's idle list for `server` and its balancer state. */
+struct px_gen *px_worker_gen(struct px_worker *w);
+void px_gen_release(struct px_worker *w, struct px_gen *gen);
+
+/* ---- sessions (session.c) ---------------------------------------------- */
+
+void px_client_accept(struct px_worker *w, int fd, const struct sockaddr *sa,
+                      socklen_t len);
+void px_client_shutdown_idle(struct px_worker *w);
+void px_client_close_all(struct px_worker *w);
+
+/* ---- backend connections (upstream.c) ---------------------------------- */
+
+/* An idle connection to `server`, or a new one being connected. NULL with
+ * errno set when the socket cannot be created. */
+struct px_upstream *px_upstream_get(struct px_worker *w, struct px_gen *gen,
+                                    struct px_server *server, bool *reused);
+/* Put a healthy connection back into its idle list, or close it. */
+void px_upstream_release(struct px_upstream *up, struct px_gen *from,
+                         bool reusable);
+void px_upstream_close(struct px_upstream *up);
+void px_gen_close_idle(struct px_gen *gen);
+/* Move idle connections of `from` to the server of `to` with the same address. */
+void px_gen_migrate_idle(struct px_gen *from, struct px_gen *to);
+
+/* ---- HTTP helpers (http.c) --------------------------------------------- */
+
+void px_head_init(struct px_head *h, uint32_t limit);
+void px_head_free(struct px_head *h);
+void px_head_reset(struct px_head *h);
+extern const http_parser_settings px_request_settings;
+extern const http_parser_settings px_response_settings;
+/* Value of the first header named `name` (case-insensitive), or NULL. */
+const char *px_head_get(const struct px_head *h, const char *name,
+                        uint32_t *len);
+bool px_token_list_has(const char *list, size_t len, const char *token);
+bool px_header_is(const struct px_head *h, const struct px_header *hd,
+                  const char *name);
+bool px_is_token(const char *s, size_t len);
+bool px_is_field_value(const char *s, size_t len);
+int  px_head_add_url(struct px_head *h, const char *at, size_t len);
+int  px_head_add_reason(struct px_head *h, const char *at, size_t len);
+int  px_head_add_field(struct px_head *h, const char *at, size_t len);
+int  px_head_add_value(struct px_head *h, const char *at, size_t len);
+const char *px_status_reason(int status);
+
+/* ---- logs (log.c) ------------------------------------------------------ */
+
+void px_access_log(struct proxy *proxy, const struct px_runtime *rt,
+                   const struct px_exchange *ex);
+
+/* Monotonic nanoseconds. */
+uint64_t px_now_ns(void);
+
+#endif

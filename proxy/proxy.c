@@ -1,0 +1,378 @@
+/*
+ * proxy.c - the proxy as the main thread sees it: listening sockets, worker
+ * threads, reload and shutdown.
+ *
+ * Listening sockets are opened here, on the main thread, so that a bind
+ * error stops start-up (or rejects a reload) with a clear message instead of
+ * surfacing inside a worker. Each listen address gets one SO_REUSEPORT socket
+ * per worker; the worker owns it from the moment it is handed over.
+ *
+ * Reload builds the new runtime and any new listeners first; only when all
+ * of that worked is anything sent to the workers, so a failed reload changes
+ * nothing.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <http_parser.h>
+
+#include "proxy/proxy-internal.h"
+
+int  px_worker_init(struct px_worker *w, struct proxy *proxy, unsigned id);
+void px_worker_give(struct px_worker *w, struct px_runtime *rt);
+void px_worker_add_listener(struct px_worker *w, int fd, const char *addr);
+void px_worker_destroy(struct px_worker *w);
+
+static int open_listener(const struct conf_addr *addr, char *err, size_t errlen)
+{
+    int fd = socket(addr->u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "listen %s: socket: %s", addr->text, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (addr->u.sa.sa_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, &addr->u.sa, addr->len) < 0) {
+        snprintf(err, errlen, "listen %s: bind: %s", addr->text, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, 4096) < 0) {
+        snprintf(err, errlen, "listen %s: listen: %s", addr->text, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Free the set; its sockets are closed only if no worker owns them yet. */
+static void listen_set_close(struct px_listen_set *set, unsigned n_workers)
+{
+    if (!set->fds)
+        return;
+    if (!set->handed)
+        for (unsigned i = 0; i < n_workers; i++)
+            if (set->fds[i] >= 0)
+                close(set->fds[i]);
+    free(set->fds);
+    set->fds = NULL;
+}
+
+static int listen_set_open(struct px_listen_set *set, const struct conf_addr *addr,
+                           unsigned n_workers, char *err, size_t errlen)
+{
+    set->addr = *addr;
+    set->fds = malloc(n_workers * sizeof *set->fds);
+    if (!set->fds) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (unsigned i = 0; i < n_workers; i++)
+        set->fds[i] = -1;
+    for (unsigned i = 0; i < n_workers; i++)
+        if ((set->fds[i] = open_listener(addr, err, errlen)) < 0) {
+            listen_set_close(set, n_workers);
+            return -1;
+        }
+    return 0;
+}
+
+static bool same_addr(const struct conf_addr *a, const struct conf_addr *b)
+{
+    return a->len == b->len && memcmp(&a->u, &b->u, a->len) == 0;
+}
+
+/* The access log keeps one descriptor number for its whole life; reopening
+ * and reloading dup2() a new file onto it, so workers never see it change. */
+static int open_access_log(struct proxy *proxy, const char *path, char *err,
+                           size_t errlen)
+{
+    int fd;
+    if (!path || strcmp(path, "stderr") == 0)
+        fd = dup(STDERR_FILENO);
+    else
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(err, errlen, "access_log %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (proxy->access_log_fd < 0) {
+        proxy->access_log_fd = fd;
+    } else {
+        dup2(fd, proxy->access_log_fd);
+        close(fd);
+    }
+    free(proxy->access_log_path);
+    proxy->access_log_path = path ? strdup(path) : NULL;
+    return 0;
+}
+
+/* http-parser checks header size itself, process-wide: let it allow what
+ * the largest configured limit allows, and check the real limit per head. */
+static void set_parser_limit(const struct conf *conf)
+{
+    uint32_t limit = conf->limits.max_header_bytes;
+    if (limit < 65536)
+        limit = 65536;
+    http_parser_set_max_header_size(limit + 1024);
+}
+
+struct proxy *proxy_new(const struct conf *conf, char *err, size_t errlen)
+{
+    struct proxy *proxy = calloc(1, sizeof *proxy);
+    if (!proxy) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    proxy->access_log_fd = -1;
+    proxy->n_workers = conf->workers ? conf->workers : 1;
+    proxy->max_connections = conf->limits.max_connections;
+    atomic_init(&proxy->connections, 0);
+    set_parser_limit(conf);
+    proxy->rt = px_runtime_new(conf, ++proxy->generation, err, errlen);
+    if (!proxy->rt)
+        goto fail;
+    if (open_access_log(proxy, conf->access_log.path, err, errlen) < 0)
+        goto fail;
+    proxy->listens = calloc(conf->n_listen, sizeof *proxy->listens);
+    if (!proxy->listens && conf->n_listen)
+        goto nomem;
+    for (size_t i = 0; i < conf->n_listen; i++) {
+        if (listen_set_open(&proxy->listens[i], &conf->listen[i], proxy->n_workers,
+                            err, errlen) < 0)
+            goto fail;
+        proxy->n_listens++;
+    }
+    proxy->workers = calloc(proxy->n_workers, sizeof *proxy->workers);
+    if (!proxy->workers)
+        goto nomem;
+    for (unsigned i = 0; i < proxy->n_workers; i++)
+        if (px_worker_init(&proxy->workers[i], proxy, i) < 0) {
+            snprintf(err, errlen, "worker %u: cannot create its event loop", i);
+            goto fail;
+        }
+    return proxy;
+nomem:
+    snprintf(err, errlen, "out of memory");
+fail:
+    proxy_free(proxy);
+    return NULL;
+}
+
+int proxy_start(struct proxy *proxy, char *err, size_t errlen)
+{
+    /* Signals belong to the main thread: workers start with them blocked. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = 0;
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        struct px_worker *w = &proxy->workers[i];
+        px_runtime_ref(proxy->rt);
+        px_worker_give(w, proxy->rt);
+        for (size_t l = 0; l < proxy->n_listens; l++)
+            px_worker_add_listener(w, proxy->listens[l].fds[i],
+                                   proxy->listens[l].addr.text);
+        int e = pthread_create(&w->thread, NULL, px_worker_main, w);
+        if (e) {
+            snprintf(err, errlen, "worker %u: pthread_create: %s", i, strerror(e));
+            rc = -1;
+            break;
+        }
+        proxy->started = true;
+    }
+    /* From here the workers own the sockets (even those of a worker that
+     * failed to start: its loop cleanup is not run, proxy_free closes). */
+    for (size_t l = 0; l < proxy->n_listens; l++)
+        proxy->listens[l].handed = rc == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+static struct px_msg *msg_new(enum px_msg_type type)
+{
+    struct px_msg *m = calloc(1, sizeof *m);
+    if (m)
+        m->type = type;
+    return m;
+}
+
+int proxy_reload(struct proxy *proxy, const struct conf *conf, char *err,
+                 size_t errlen)
+{
+    if (conf->workers != proxy->n_workers)
+        sb_log(SB_LOG_WARN, "reload: workers changed from %u to %u; this takes "
+               "a restart, keeping %u", proxy->n_workers, conf->workers,
+               proxy->n_workers);
+
+    struct px_runtime *rt = px_runtime_new(conf, proxy->generation + 1, err, errlen);
+    if (!rt)
+        return -1;
+
+    /* New listen addresses first: a bind failure must leave all as it was. */
+    size_t cap = conf->n_listen + proxy->n_listens + 1;
+    struct px_listen_set *table = calloc(cap, sizeof *table);
+    bool *kept = calloc(proxy->n_listens + 1, sizeof *kept);
+    size_t n_table = 0;
+    if (!table || !kept) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < conf->n_listen; i++) {
+        size_t j;
+        for (j = 0; j < proxy->n_listens; j++)
+            if (same_addr(&proxy->listens[j].addr, &conf->listen[i]))
+                break;
+        if (j < proxy->n_listens) {
+            kept[j] = true;
+            table[n_table++] = proxy->listens[j];
+            continue;
+        }
+        if (listen_set_open(&table[n_table], &conf->listen[i], proxy->n_workers,
+                            err, errlen) < 0)
+            goto fail;
+        n_table++;
+    }
+    if (conf->access_log.path && (!proxy->access_log_path ||
+        strcmp(proxy->access_log_path, conf->access_log.path) != 0) &&
+        open_access_log(proxy, conf->access_log.path, err, errlen) < 0)
+        goto fail;
+
+    /* Nothing can fail from here on: publish. */
+    proxy->generation++;
+    proxy->max_connections = conf->limits.max_connections;
+    set_parser_limit(conf);
+    for (unsigned w = 0; w < proxy->n_workers; w++) {
+        struct px_worker *worker = &proxy->workers[w];
+        for (size_t i = 0; i < n_table; i++) {
+            if (table[i].handed)
+                continue;
+            struct px_msg *m = msg_new(PX_MSG_LISTEN_ADD);
+            if (!m) {
+                close(table[i].fds[w]);
+                continue;
+            }
+            m->fd = table[i].fds[w];
+            snprintf(m->addr, sizeof m->addr, "%s", table[i].addr.text);
+            px_worker_post(worker, m);
+        }
+        for (size_t j = 0; j < proxy->n_listens; j++) {
+            if (kept[j])
+                continue;
+            struct px_msg *m = msg_new(PX_MSG_LISTEN_DEL);
+            if (m) {
+                m->fd = proxy->listens[j].fds[w];
+                px_worker_post(worker, m);
+            }
+        }
+        struct px_msg *m = msg_new(PX_MSG_RUNTIME);
+        if (m) {
+            px_runtime_ref(rt);
+            m->rt = rt;
+            px_worker_post(worker, m);
+        }
+    }
+    for (size_t i = 0; i < n_table; i++)
+        table[i].handed = true;
+    for (size_t j = 0; j < proxy->n_listens; j++)
+        if (!kept[j])
+            free(proxy->listens[j].fds);        /* the workers close them */
+    free(proxy->listens);
+    proxy->listens = table;
+    proxy->n_listens = n_table;
+    free(kept);
+    px_runtime_unref(proxy->rt);
+    proxy->rt = rt;
+    return 0;
+
+fail:
+    if (table)
+        for (size_t i = 0; i < n_table; i++)
+            if (!table[i].handed)
+                listen_set_close(&table[i], proxy->n_workers);
+    free(table);
+    free(kept);
+    px_runtime_unref(rt);
+    return -1;
+}
+
+void proxy_reopen_logs(struct proxy *proxy)
+{
+    char err[256];
+    if (proxy->access_log_path && strcmp(proxy->access_log_path, "stderr") != 0) {
+        char *path = strdup(proxy->access_log_path);
+        if (path && open_access_log(proxy, path, err, sizeof err) < 0)
+            sb_log(SB_LOG_ERROR, "reopen: %s", err);
+        free(path);
+    }
+}
+
+void proxy_shutdown(struct proxy *proxy, uint32_t grace_ms)
+{
+    if (!proxy->started)
+        return;
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        struct px_msg *m = msg_new(PX_MSG_SHUTDOWN);
+        if (m)
+            px_worker_post(&proxy->workers[i], m);
+    }
+    /* Wait for the workers to drain, at most grace_ms, then stop them. */
+    uint64_t deadline = px_now_ns() + (uint64_t)grace_ms * 1000000u;
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        struct px_worker *w = &proxy->workers[i];
+        for (;;) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            uint64_t now = px_now_ns();
+            uint64_t left = deadline > now ? deadline - now : 0;
+            if (left > 100000000u)
+                left = 100000000u;
+            ts.tv_nsec += (long)left;
+            while (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            if (pthread_timedjoin_np(w->thread, NULL, &ts) == 0)
+                break;
+            if (px_now_ns() >= deadline) {
+                struct px_msg *m = msg_new(PX_MSG_HARD_STOP);
+                if (m)
+                    px_worker_post(w, m);
+                sb_log(SB_LOG_WARN, "worker %u: grace period over, closing "
+                       "remaining connections", w->id);
+                pthread_join(w->thread, NULL);
+                break;
+            }
+        }
+    }
+    proxy->started = false;
+}
+
+void proxy_free(struct proxy *proxy)
+{
+    if (!proxy)
+        return;
+    if (proxy->workers) {
+        for (unsigned i = 0; i < proxy->n_workers; i++)
+            px_worker_destroy(&proxy->workers[i]);
+        free(proxy->workers);
+    }
+    for (size_t i = 0; i < proxy->n_listens; i++)
+        listen_set_close(&proxy->listens[i], proxy->n_workers);
+    free(proxy->listens);
+    if (proxy->access_log_fd >= 0)
+        close(proxy->access_log_fd);
+    free(proxy->access_log_path);
+    px_runtime_unref(proxy->rt);
+    free(proxy);
+}

@@ -1,0 +1,69 @@
+/*
+ * proxy.h - the Switchboard proxy: listeners, worker threads, the HTTP/1.1
+ * data path, and the process-wide log.
+ *
+ * The main thread owns the `struct proxy`: it builds it from a config, starts
+ * the worker threads, and later asks them to reload, reopen logs or stop.
+ * Workers each run their own libevent loop and never share a lock on the
+ * request path. Nothing in this header pulls in libevent, so other modules
+ * (the dashboard thread, which runs libwebsockets) may include it for the log.
+ */
+#ifndef SWITCHBOARD_PROXY_H
+#define SWITCHBOARD_PROXY_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conf/conf.h"
+
+#define SWITCHBOARD_VERSION "0.1.0"
+
+/* ---- process log (error log), any thread -------------------------------- */
+
+enum sb_log_level { SB_LOG_ERROR, SB_LOG_WARN, SB_LOG_INFO, SB_LOG_DEBUG };
+
+/* One line to stderr: "2026-11-24T10:00:00.123Z [warn] message". Thread safe:
+ * each line is written with one write(2). */
+void sb_log(enum sb_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void sb_log_set_level(enum sb_log_level level);
+
+/* ---- the proxy, main thread only --------------------------------------- */
+
+struct proxy;
+
+/*
+ * Build the proxy from `conf` (not kept: everything needed is copied) and
+ * open its listening sockets. Workers are not started yet. Returns NULL and
+ * writes a message into `err` on failure (e.g. an address already in use).
+ */
+struct proxy *proxy_new(const struct conf *conf, char *err, size_t errlen);
+
+/* Start the worker threads. 0 on success, -1 with `err` filled. */
+int proxy_start(struct proxy *proxy, char *err, size_t errlen);
+
+/*
+ * Apply a new config to running workers: new requests use the new routes and
+ * pools; requests in flight finish under the config they started with;
+ * established client and idle backend connections are kept. Listeners are
+ * opened for new addresses and closed for removed ones. On failure nothing
+ * changes and `err` says why. A change of `workers` needs a restart and is
+ * reported as a warning.
+ */
+int proxy_reload(struct proxy *proxy, const struct conf *conf,
+                 char *err, size_t errlen);
+
+/* Reopen the access log file (SIGUSR1, after log rotation). */
+void proxy_reopen_logs(struct proxy *proxy);
+
+/*
+ * Stop accepting, let in-flight requests finish for at most `grace_ms`, then
+ * close what is left. Returns when every worker thread has exited.
+ */
+void proxy_shutdown(struct proxy *proxy, uint32_t grace_ms);
+
+void proxy_free(struct proxy *proxy);
+
+#endif

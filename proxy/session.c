@@ -1,0 +1,1466 @@
+/*
+ * session.c - one client connection and the exchanges it carries.
+ *
+ *   client ──► c.in ──parse head──► route ► pool ► server
+ *                 │                                   │
+ *                 └─body (moved / re-chunked)─► up.out ──► backend
+ *   client ◄── c.out ◄──head rewritten, body moved─── up.in ◄── backend
+ *
+ * A px_client lives as long as its socket and stays small while idle; a
+ * px_exchange exists only from the first byte of a request to the end of its
+ * answer, and holds everything a request needs (parsers, heads, the backend
+ * connection). Pipelined requests wait in c.in until the exchange before them
+ * is over, so answers go out in order.
+ *
+ * Every event (client or backend, read or write) does its I/O and then calls
+ * session_step(), which advances the exchange as far as the buffers allow and
+ * finally arms exactly the events the new state needs. Back-pressure falls
+ * out of that: a side is read only while the output it feeds is below
+ * PX_HIGH_WATERMARK.
+ *
+ * Heads are parsed with http-parser, paused at the end of the head so the
+ * proxy frames bodies itself: Content-Length bodies move between evbuffers
+ * without a copy; chunked bodies go back through the parser and are framed
+ * anew, so the backend never sees framing the proxy did not check. The
+ * request line and headers are always written anew, never forwarded raw.
+ *
+ * Thread: the owning worker only. Functions that may free the client return
+ * -1 when they did; callers must stop touching it then.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proxy/proxy-internal.h"
+
+/* Bytes of pipelined input kept while an exchange runs; more waits in the
+ * socket. */
+#define PX_PIPELINE_MAX (64 * 1024)
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg);
+static void client_write_cb(evutil_socket_t fd, short what, void *arg);
+static void upstream_read_cb(evutil_socket_t fd, short what, void *arg);
+static void upstream_write_cb(evutil_socket_t fd, short what, void *arg);
+static void session_step(struct px_client *c);
+static int  exchange_fail(struct px_exchange *ex, int status, const char *reason);
+static int  start_backend(struct px_exchange *ex, int exclude);
+static int  upstream_failed(struct px_exchange *ex, int status, const char *reason);
+
+uint64_t px_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static const struct px_runtime *client_rt(const struct px_client *c)
+{
+    return c->ex ? c->ex->gen->rt : c->worker->gen->rt;
+}
+
+/* ---- parser callbacks -------------------------------------------------- */
+
+static struct px_head *head_of(http_parser *p)
+{
+    struct px_exchange *ex = p->data;
+    return p == &ex->req_parser ? &ex->req : &ex->resp;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    return px_head_add_url(head_of(p), at, len) < 0 ? -1 : 0;
+}
+
+static int on_status(http_parser *p, const char *at, size_t len)
+{
+    return px_head_add_reason(head_of(p), at, len) < 0 ? -1 : 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    return px_head_add_field(head_of(p), at, len) < 0 ? -1 : 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    return px_head_add_value(head_of(p), at, len) < 0 ? -1 : 0;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+/* Chunked body data: framed anew toward the peer (or sent bare to an
+ * HTTP/1.0 client, which cannot take chunked). */
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    struct px_exchange *ex = p->data;
+    struct evbuffer *out;
+    bool frame;
+    if (p == &ex->req_parser) {
+        out = ex->up->conn.out;
+        frame = true;
+        ex->bytes_in += len;
+    } else {
+        out = ex->client->conn.out;
+        frame = ex->resp_chunked_out;
+    }
+    if (frame)
+        evbuffer_add_printf(out, "%zx\r\n", len);
+    evbuffer_add(out, at, len);
+    if (frame)
+        evbuffer_add(out, "\r\n", 2);
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    struct px_exchange *ex = p->data;
+    if (p == &ex->req_parser) {
+        evbuffer_add(ex->up->conn.out, "0\r\n\r\n", 5);
+        ex->req_done = true;
+    } else {
+        if (ex->resp_chunked_out)
+            evbuffer_add(ex->client->conn.out, "0\r\n\r\n", 5);
+        ex->resp_done = true;
+    }
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+const http_parser_settings px_request_settings = {
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+const http_parser_settings px_response_settings = {
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+enum feed_result { FEED_MORE, FEED_PAUSED, FEED_ERROR };
+
+/*
+ * Run `p` over the bytes of `in`, draining what it consumed. Stops when the
+ * parser pauses (end of a head, end of a message), when `in` is empty, or on
+ * an error. At the end of a head http-parser leaves the head's final LF in
+ * `in`: resumed, it wants that byte again (chunked bodies); the other paths
+ * drop it with drop_head_lf().
+ */
+static enum feed_result feed(http_parser *p, const http_parser_settings *s,
+                             struct evbuffer *in, size_t *consumed_out)
+{
+    size_t consumed = 0;
+    enum feed_result result = FEED_MORE;
+    while (evbuffer_get_length(in) > 0 && result == FEED_MORE) {
+        struct evbuffer_iovec v[8];
+        int n = evbuffer_peek(in, -1, NULL, v, 8);
+        if (n > 8)
+            n = 8;
+        size_t used = 0;
+        for (int i = 0; i < n; i++) {
+            size_t k = http_parser_execute(p, s, v[i].iov_base, v[i].iov_len);
+            used += k;
+            enum http_errno e = HTTP_PARSER_ERRNO(p);
+            if (e == HPE_PAUSED) {
+                http_parser_pause(p, 0);
+                result = FEED_PAUSED;
+                break;
+            }
+            if (e != HPE_OK) {
+                result = FEED_ERROR;
+                break;
+            }
+        }
+        evbuffer_drain(in, used);
+        consumed += used;
+    }
+    if (consumed_out)
+        *consumed_out = consumed;
+    return result;
+}
+
+/* The head ended and its parser will not be resumed: take the LF it left. */
+static void drop_head_lf(struct evbuffer *in)
+{
+    evbuffer_drain(in, 1);
+}
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static void sockaddr_text(const struct sockaddr *sa, char *out, size_t len)
+{
+    const void *a = sa->sa_family == AF_INET6
+        ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+        : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+    if (!inet_ntop(sa->sa_family, a, out, (socklen_t)len))
+        snprintf(out, len, "-");
+    /* Show v4 clients of a dual-stack socket as v4. */
+    if (strncmp(out, "::ffff:", 7) == 0 && strchr(out + 7, '.'))
+        memmove(out, out + 7, strlen(out + 7) + 1);
+}
+
+static bool text_to_sockaddr(const char *s, size_t len,
+                             struct sockaddr_storage *ss)
+{
+    char buf[INET6_ADDRSTRLEN + 1];
+    if (len == 0 || len >= sizeof buf)
+        return false;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, buf, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        return true;
+    }
+    if (inet_pton(AF_INET6, buf, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        return true;
+    }
+    return false;
+}
+
+/*
+ * The client's address: the peer, or - when the peer is a trusted proxy -
+ * the rightmost address of X-Forwarded-For that is not itself trusted (the
+ * leftmost one when all are trusted). Anything left of the first untrusted
+ * hop could have been written by the client and is ignored.
+ */
+static void resolve_client_addr(struct px_exchange *ex)
+{
+    const struct px_runtime *rt = ex->gen->rt;
+    struct px_client *c = ex->client;
+    sockaddr_text(&c->peer.sa, ex->client_addr, sizeof ex->client_addr);
+    if (rt->n_trusted == 0 || !px_trusted(rt, &c->peer.sa))
+        return;
+    /* Walk every X-Forwarded-For header from the last one backwards. */
+    for (int h = (int)ex->req.n_hdr - 1; h >= 0; h--) {
+        const struct px_header *hd = &ex->req.hdr[h];
+        if (!px_header_is(&ex->req, hd, "x-forwarded-for"))
+            continue;
+        const char *v = ex->req.buf + hd->value_off;
+        size_t end = hd->value_len;
+        while (end > 0) {
+            size_t start = end;
+            while (start > 0 && v[start - 1] != ',')
+                start--;
+            size_t a = start, b = end;
+            while (a < b && (v[a] == ' ' || v[a] == '\t'))
+                a++;
+            while (b > a && (v[b - 1] == ' ' || v[b - 1] == '\t'))
+                b--;
+            struct sockaddr_storage ss;
+            if (!text_to_sockaddr(v + a, b - a, &ss))
+                return;                 /* garbage: stop at the last good hop */
+            sockaddr_text((struct sockaddr *)&ss, ex->client_addr,
+                          sizeof ex->client_addr);
+            if (!px_trusted(rt, (struct sockaddr *)&ss))
+                return;
+            end = start > 0 ? start - 1 : 0;
+        }
+    }
+}
+
+/* Host of the request, lower case, without port; into `out`. */
+static size_t request_host(const struct px_exchange *ex, char *out, size_t cap)
+{
+    uint32_t len;
+    const char *h = px_head_get(&ex->req, "host", &len);
+    if (!h)
+        return 0;
+    size_t n = 0;
+    if (len > 0 && h[0] == '[') {
+        const char *close = memchr(h, ']', len);
+        if (close)
+            len = (uint32_t)(close - h + 1);
+    } else {
+        const char *colon = memchr(h, ':', len);
+        if (colon)
+            len = (uint32_t)(colon - h);
+    }
+    for (uint32_t i = 0; i < len && n + 1 < cap; i++) {
+        char ch = h[i];
+        out[n++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+static const char *cookie_value(const char *v, size_t len, const char *name,
+                                size_t name_len, size_t *out_len)
+{
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (v[i] == ' ' || v[i] == ';'))
+            i++;
+        size_t start = i;
+        while (i < len && v[i] != ';')
+            i++;
+        if (i - start > name_len && v[start + name_len] == '=' &&
+            memcmp(v + start, name, name_len) == 0) {
+            *out_len = i - start - name_len - 1;
+            return v + start + name_len + 1;
+        }
+    }
+    return NULL;
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+static void client_free(struct px_client *c)
+{
+    struct px_worker *w = c->worker;
+    px_conn_close(&c->conn);
+    TAILQ_REMOVE(&w->clients, c, link);
+    w->n_clients--;
+    if (c->counted)
+        atomic_fetch_sub_explicit(&w->proxy->connections, 1, memory_order_relaxed);
+    free(c);
+    px_worker_client_closed(w);
+}
+
+static void exchange_free(struct px_exchange *ex)
+{
+    px_head_free(&ex->req);
+    px_head_free(&ex->resp);
+    free(ex->req_out);
+    free(ex);
+}
+
+/* Drop the backend side of an exchange. */
+static void detach_upstream(struct px_exchange *ex, bool reusable)
+{
+    struct px_upstream *up = ex->up;
+    if (!up)
+        return;
+    atomic_fetch_sub_explicit(&ex->pool->lb_servers[ex->server->index].inflight,
+                              1, memory_order_relaxed);
+    ex->up = NULL;
+    px_upstream_release(up, ex->gen, reusable);
+}
+
+/* End an exchange that cannot continue: both sockets close now. */
+static void client_abort(struct px_client *c, const char *reason)
+{
+    struct px_exchange *ex = c->ex;
+    if (ex) {
+        if (!ex->reason)
+            ex->reason = reason;
+        detach_upstream(ex, false);
+        if (ex->phase != PX_PHASE_REQ_HEAD || ex->req.n_hdr > 0) {
+            if (ex->gen->rt->access_log_on)
+                px_access_log(c->worker->proxy, ex->gen->rt, ex);
+        }
+        struct px_gen *gen = ex->gen;
+        c->ex = NULL;
+        exchange_free(ex);
+        px_gen_release(c->worker, gen);
+    }
+    client_free(c);
+}
+
+/* Finished answering: log, give the backend connection back, and either wait
+ * for the next request or close. */
+static void exchange_finish(struct px_exchange *ex)
+{
+    struct px_client *c = ex->client;
+    bool reusable = ex->resp_done && ex->req_done &&
+                    ex->resp_body != PX_BODY_UNTIL_CLOSE &&
+                    http_should_keep_alive(&ex->resp_parser) &&
+                    ex->phase != PX_PHASE_TUNNEL;
+    detach_upstream(ex, reusable);
+    if (ex->gen->rt->access_log_on)
+        px_access_log(c->worker->proxy, ex->gen->rt, ex);
+    bool keep = ex->client_keepalive && ex->req_done && !c->worker->draining;
+    struct px_gen *gen = ex->gen;
+    c->ex = NULL;
+    exchange_free(ex);
+    px_gen_release(c->worker, gen);
+    c->requests++;
+    c->state = keep ? PX_CLIENT_IDLE : PX_CLIENT_CLOSING;
+}
+
+static struct px_exchange *exchange_new(struct px_client *c)
+{
+    struct px_exchange *ex = calloc(1, sizeof *ex);
+    if (!ex)
+        return NULL;
+    struct px_worker *w = c->worker;
+    ex->client = c;
+    ex->gen = px_worker_gen(w);
+    ex->gen->inflight++;
+    const struct px_runtime *rt = ex->gen->rt;
+    px_head_init(&ex->req, rt->limits.max_header_bytes);
+    px_head_init(&ex->resp, rt->limits.max_header_bytes > 65536
+                             ? rt->limits.max_header_bytes : 65536);
+    http_parser_init(&ex->req_parser, HTTP_REQUEST);
+    ex->req_parser.data = ex;
+    http_parser_init(&ex->resp_parser, HTTP_RESPONSE);
+    ex->resp_parser.data = ex;
+    ex->phase = PX_PHASE_REQ_HEAD;
+    ex->t_start_ns = px_now_ns();
+    struct timeval tv;
+    event_base_gettimeofday_cached(w->base, &tv);
+    ex->wall_start_us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+    c->ex = ex;
+    c->state = PX_CLIENT_ACTIVE;
+    return ex;
+}
+
+void px_client_accept(struct px_worker *w, int fd, const struct sockaddr *sa,
+                      socklen_t len)
+{
+    struct px_client *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        atomic_fetch_sub_explicit(&w->proxy->connections, 1, memory_order_relaxed);
+        return;
+    }
+    c->worker = w;
+    c->counted = true;
+    memcpy(&c->peer, sa, len < sizeof c->peer ? len : sizeof c->peer);
+    c->conn.fd = fd;
+    c->conn.in = evbuffer_new();
+    c->conn.out = evbuffer_new();
+    TAILQ_INSERT_TAIL(&w->clients, c, link);
+    w->n_clients++;
+    if (!c->conn.in || !c->conn.out) {
+        client_free(c);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    event_assign(&c->conn.rev, w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
+    event_assign(&c->conn.wev, w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
+    c->state = PX_CLIENT_IDLE;
+    /* Most clients send at once: try to read before going through epoll. */
+    int r = px_conn_read(&c->conn);
+    if (r == -1) {
+        client_free(c);
+        return;
+    }
+    session_step(c);
+}
+
+/* ---- answering by ourselves --------------------------------------------- */
+
+/*
+ * Answer the client with `status` and a short text body. When the request
+ * was not read to its end (or could not be parsed) the stream state is
+ * unknown: the answer says Connection: close and the connection closes after
+ * it. Returns -1 if the client was freed.
+ */
+static int exchange_fail(struct px_exchange *ex, int status, const char *reason)
+{
+    struct px_client *c = ex->client;
+    if (!ex->reason)
+        ex->reason = reason;
+    if (ex->resp_started) {
+        client_abort(c, reason);
+        return -1;
+    }
+    detach_upstream(ex, false);
+    bool keep = ex->client_keepalive && ex->req_done && status >= 500 &&
+                !c->worker->draining;
+    const char *text = px_status_reason(status);
+    char body[128];
+    int blen = snprintf(body, sizeof body, "%d %s\n", status, text);
+    evbuffer_add_printf(c->conn.out,
+        "HTTP/1.1 %d %s\r\n"
+        "Content-Type: text/plain\r\n"
+        "Content-Length: %d\r\n"
+        "Cache-Control: no-store\r\n"
+        "%s"
+        "\r\n", status, text, blen, keep ? "" : "Connection: close\r\n");
+    if (!ex->head_request)
+        evbuffer_add(c->conn.out, body, (size_t)blen);
+    ex->status = status;
+    ex->bytes_out += evbuffer_get_length(c->conn.out);
+    ex->resp_started = true;
+    ex->resp_done = true;
+    bool parse_failure = status < 500;
+    ex->client_keepalive = keep;
+    if (!keep && (!ex->req_done || parse_failure))
+        c->linger = true;
+    if (status >= 500)
+        sb_log(SB_LOG_INFO, "%s %.*s -> %d: %s", ex->client_addr,
+               (int)ex->req.url_len, ex->req.buf ? ex->req.buf + ex->req.url_off : "",
+               status, reason);
+    exchange_finish(ex);
+    if (parse_failure)
+        c->state = PX_CLIENT_CLOSING;
+    return 0;
+}
+
+/* ---- the request head ---------------------------------------------------- */
+
+static bool is_hop_by_hop(const struct px_head *h, const struct px_header *hd,
+                          const char *conn_list, uint32_t conn_len)
+{
+    static const char *const names[] = {
+        "connection", "keep-alive", "proxy-connection", "te", "trailer",
+        "transfer-encoding", "upgrade", "content-length",
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (px_header_is(h, hd, names[i]))
+            return true;
+    if (conn_list && hd->name_len < 64) {
+        char name[64];
+        memcpy(name, h->buf + hd->name_off, hd->name_len);
+        name[hd->name_len] = '\0';
+        if (px_token_list_has(conn_list, conn_len, name))
+            return true;
+    }
+    return false;
+}
+
+static void add_header(struct evbuffer *b, const struct px_head *h,
+                       const struct px_header *hd)
+{
+    evbuffer_add(b, h->buf + hd->name_off, hd->name_len);
+    evbuffer_add(b, ": ", 2);
+    evbuffer_add(b, h->buf + hd->value_off, hd->value_len);
+    evbuffer_add(b, "\r\n", 2);
+}
+
+/* Check what http-parser lets through but a proxy must not: names with
+ * spaces ("Content-Length : 5"), control characters in values, a second
+ * Host, transfer codings other than a single chunked. Returns NULL when the
+ * head is fine, else the reason. */
+static const char *check_request_head(struct px_exchange *ex)
+{
+    const struct px_head *h = &ex->req;
+    unsigned hosts = 0;
+    for (unsigned i = 0; i < h->n_hdr; i++) {
+        const struct px_header *hd = &h->hdr[i];
+        if (!px_is_token(h->buf + hd->name_off, hd->name_len))
+            return "invalid header name";
+        if (!px_is_field_value(h->buf + hd->value_off, hd->value_len))
+            return "invalid header value";
+        if (px_header_is(h, hd, "host"))
+            hosts++;
+        if (px_header_is(h, hd, "transfer-encoding")) {
+            const char *v = h->buf + hd->value_off;
+            uint32_t n = hd->value_len;
+            while (n && (v[0] == ' ' || v[0] == '\t')) { v++; n--; }
+            while (n && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
+            if (n != 7 || strncasecmp(v, "chunked", 7) != 0)
+                return "unsupported transfer-encoding";
+        }
+    }
+    if (hosts > 1)
+        return "duplicate host header";
+    if (ex->req_parser.http_major != 1 || ex->req_parser.http_minor > 1)
+        return "unsupported http version";
+    if (ex->req_parser.http_minor == 1 && hosts == 0)
+        return "missing host header";
+    if (h->url_len == 0)
+        return "empty request target";
+    return NULL;
+}
+
+/* Serialise the request head for the backend into ex->req_out. `target` and
+ * `host` override what the client sent (absolute-form requests). */
+static int build_request_head(struct px_exchange *ex, const char *target,
+                              size_t target_len, const char *abs_host,
+                              size_t abs_host_len)
+{
+    const struct px_head *h = &ex->req;
+    struct px_client *c = ex->client;
+    bool peer_trusted = ex->gen->rt->n_trusted && px_trusted(ex->gen->rt, &c->peer.sa);
+    uint32_t conn_len;
+    const char *conn_list = px_head_get(h, "connection", &conn_len);
+    struct evbuffer *b = evbuffer_new();
+    if (!b)
+        return -1;
+    evbuffer_add_printf(b, "%s ", http_method_str(ex->req_parser.method));
+    evbuffer_add(b, target, target_len);
+    evbuffer_add(b, " HTTP/1.1\r\n", 11);
+
+    char peer_text[INET6_ADDRSTRLEN];
+    sockaddr_text(&c->peer.sa, peer_text, sizeof peer_text);
+    bool have_proto = false, have_fwd_host = false;
+    for (unsigned i = 0; i < h->n_hdr; i++) {
+        const struct px_header *hd = &h->hdr[i];
+        if (is_hop_by_hop(h, hd, conn_list, conn_len))
+            continue;
+        if (px_header_is(h, hd, "x-forwarded-for"))
+            continue;           /* folded into one below */
+        if (px_header_is(h, hd, "x-real-ip"))
+            continue;
+        if (px_header_is(h, hd, "x-forwarded-proto")) {
+            if (!peer_trusted || have_proto)
+                continue;
+            have_proto = true;
+        } else if (px_header_is(h, hd, "x-forwarded-host")) {
+            if (!peer_trusted || have_fwd_host)
+                continue;
+            have_fwd_host = true;
+        } else if (abs_host && px_header_is(h, hd, "host")) {
+            continue;
+        }
+        add_header(b, h, hd);
+    }
+    /* Every X-Forwarded-For the client sent, in order, then its peer. */
+    evbuffer_add(b, "X-Forwarded-For: ", 17);
+    for (unsigned i = 0; i < h->n_hdr; i++) {
+        const struct px_header *hd = &h->hdr[i];
+        if (!px_header_is(h, hd, "x-forwarded-for") || hd->value_len == 0)
+            continue;
+        evbuffer_add(b, h->buf + hd->value_off, hd->value_len);
+        evbuffer_add(b, ", ", 2);
+    }
+    evbuffer_add_printf(b, "%s\r\n", peer_text);
+    if (abs_host) {
+        evbuffer_add(b, "Host: ", 6);
+        evbuffer_add(b, abs_host, abs_host_len);
+        evbuffer_add(b, "\r\n", 2);
+    }
+    if (!have_proto)
+        evbuffer_add(b, "X-Forwarded-Proto: http\r\n", 25);
+    if (!have_fwd_host) {
+        uint32_t hl;
+        const char *host = abs_host ? abs_host : px_head_get(h, "host", &hl);
+        if (abs_host)
+            hl = (uint32_t)abs_host_len;
+        if (host) {
+            evbuffer_add(b, "X-Forwarded-Host: ", 18);
+            evbuffer_add(b, host, hl);
+            evbuffer_add(b, "\r\n", 2);
+        }
+    }
+    evbuffer_add_printf(b, "X-Real-IP: %s\r\n", ex->client_addr);
+    if (ex->req_body == PX_BODY_LENGTH)
+        evbuffer_add_printf(b, "Content-Length: %" PRIu64 "\r\n",
+                            (uint64_t)ex->req_parser.content_length);
+    else if (ex->req_body == PX_BODY_CHUNKED)
+        evbuffer_add(b, "Transfer-Encoding: chunked\r\n", 28);
+    if (ex->upgrade) {
+        uint32_t ul;
+        const char *u = px_head_get(h, "upgrade", &ul);
+        evbuffer_add(b, "Connection: upgrade\r\nUpgrade: ", 30);
+        evbuffer_add(b, u, ul);
+        evbuffer_add(b, "\r\n", 2);
+    }
+    evbuffer_add(b, "\r\n", 2);
+
+    ex->req_out_len = evbuffer_get_length(b);
+    ex->req_out = malloc(ex->req_out_len);
+    if (ex->req_out)
+        evbuffer_remove(b, ex->req_out, ex->req_out_len);
+    evbuffer_free(b);
+    return ex->req_out ? 0 : -1;
+}
+
+/*
+ * The request head is complete: check it, choose the route, the pool and a
+ * server, and start talking to the backend. Returns -1 if the client is gone.
+ */
+static int request_head_done(struct px_exchange *ex)
+{
+    http_parser *p = &ex->req_parser;
+    const struct px_runtime *rt = ex->gen->rt;
+    const char *bad = check_request_head(ex);
+    if (bad)
+        return exchange_fail(ex, strcmp(bad, "unsupported http version") == 0
+                                 ? 505 : 400, bad);
+    ex->client_http10 = p->http_minor == 0;
+    ex->client_keepalive = http_should_keep_alive(p);
+    ex->head_request = p->method == HTTP_HEAD;
+    resolve_client_addr(ex);
+
+    if (p->method == HTTP_CONNECT)
+        return exchange_fail(ex, 405, "connect method not allowed");
+
+    uint32_t conn_len, up_len;
+    const char *conn_list = px_head_get(&ex->req, "connection", &conn_len);
+    if (px_head_get(&ex->req, "upgrade", &up_len) && conn_list &&
+        px_token_list_has(conn_list, conn_len, "upgrade"))
+        ex->upgrade = true;
+
+    if (p->flags & F_CHUNKED)
+        ex->req_body = PX_BODY_CHUNKED;
+    else if (px_head_get(&ex->req, "content-length", &conn_len)) {
+        ex->req_body = p->content_length ? PX_BODY_LENGTH : PX_BODY_NONE;
+        ex->req_remaining = p->content_length;
+        if (!p->content_length)
+            ex->req_body = PX_BODY_NONE;
+    } else
+        ex->req_body = PX_BODY_NONE;
+    ex->req_done = ex->req_body == PX_BODY_NONE;
+    if (ex->req_body == PX_BODY_LENGTH && ex->req_remaining == 0)
+        ex->req_done = true;
+
+    /* Target: origin-form as is; absolute-form becomes origin-form with its
+     * authority as Host. */
+    const char *url = ex->req.buf + ex->req.url_off;
+    size_t url_len = ex->req.url_len;
+    const char *target = url, *abs_host = NULL;
+    size_t target_len = url_len, abs_host_len = 0;
+    char host[256];
+    size_t host_len;
+    if (url[0] != '/') {
+        if (url_len == 1 && url[0] == '*' && p->method == HTTP_OPTIONS) {
+            /* server-wide OPTIONS */
+        } else {
+            struct http_parser_url u;
+            http_parser_url_init(&u);
+            if (http_parser_parse_url(url, url_len, 0, &u) != 0 ||
+                !(u.field_set & (1 << UF_HOST)) || !(u.field_set & (1 << UF_SCHEMA)))
+                return exchange_fail(ex, 400, "invalid request target");
+            abs_host = url + u.field_data[UF_HOST].off;
+            abs_host_len = u.field_data[UF_HOST].len;
+            if (u.field_set & (1 << UF_PORT))
+                abs_host_len = u.field_data[UF_PORT].off + u.field_data[UF_PORT].len -
+                               u.field_data[UF_HOST].off;
+            if (u.field_set & (1 << UF_PATH)) {
+                target = url + u.field_data[UF_PATH].off;
+                target_len = url_len - u.field_data[UF_PATH].off;
+            } else {
+                target = "/";
+                target_len = 1;
+            }
+        }
+    }
+    if (abs_host) {
+        host_len = 0;
+        for (size_t i = 0; i < abs_host_len && host_len + 1 < sizeof host; i++) {
+            if (abs_host[i] == ':')
+                break;
+            char ch = abs_host[i];
+            host[host_len++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+        }
+        host[host_len] = '\0';
+    } else {
+        host_len = request_host(ex, host, sizeof host);
+    }
+    const char *q = memchr(target, '?', target_len);
+    size_t path_len = q ? (size_t)(q - target) : target_len;
+
+    ex->pool = px_route_match(rt, host, host_len, target, path_len);
+    if (!ex->pool)
+        return exchange_fail(ex, 404, "no route");
+
+    if (build_request_head(ex, target, target_len, abs_host, abs_host_len) < 0)
+        return exchange_fail(ex, 500, "out of memory");
+    ex->phase = PX_PHASE_CONNECT;
+    return start_backend(ex, -1);
+}
+
+/* Pick a server (avoiding `exclude`), get a connection to it and queue the
+ * request head. Returns -1 if the client is gone. */
+static int start_backend(struct px_exchange *ex, int exclude)
+{
+    struct px_pool *pool = ex->pool;
+    struct px_gen *gen = ex->gen;
+    size_t pool_index = (size_t)(pool - gen->rt->pools);
+    struct lb_request req = { .key = NULL, .key_len = 0, .exclude = exclude };
+    switch (pool->hash_key) {
+    case CONF_HASH_SOURCE:
+        req.key = ex->client_addr;
+        req.key_len = strlen(ex->client_addr);
+        break;
+    case CONF_HASH_URI:
+        req.key = ex->req.buf + ex->req.url_off;
+        req.key_len = ex->req.url_len;
+        break;
+    case CONF_HASH_HEADER: {
+        uint32_t len;
+        const char *v = px_head_get(&ex->req, pool->hash_name, &len);
+        req.key = v;
+        req.key_len = len;
+        break;
+    }
+    case CONF_HASH_COOKIE: {
+        uint32_t len;
+        const char *v = px_head_get(&ex->req, "cookie", &len);
+        size_t vlen = 0;
+        if (v)
+            req.key = cookie_value(v, len, pool->hash_name, pool->hash_name_len, &vlen);
+        req.key_len = vlen;
+        break;
+    }
+    }
+    int idx = lb_pick(&pool->lb, gen->lb_state[pool_index], &req);
+    if (idx < 0 && exclude >= 0) {
+        req.exclude = -1;
+        idx = lb_pick(&pool->lb, gen->lb_state[pool_index], &req);
+    }
+    if (idx < 0)
+        return exchange_fail(ex, 503, "no server available");
+    ex->server = &pool->servers[idx];
+    bool reused;
+    struct px_upstream *up = px_upstream_get(ex->client->worker, gen, ex->server, &reused);
+    if (!up)
+        return exchange_fail(ex, 502, "cannot create backend socket");
+    atomic_fetch_add_explicit(&pool->lb_servers[idx].inflight, 1, memory_order_relaxed);
+    up->ex = ex;
+    ex->up = up;
+    struct event_base *base = ex->client->worker->base;
+    event_assign(&up->conn.rev, base, up->conn.fd, EV_READ | EV_PERSIST,
+                 upstream_read_cb, up);
+    event_assign(&up->conn.wev, base, up->conn.fd, EV_WRITE | EV_PERSIST,
+                 upstream_write_cb, up);
+    up->conn.reading = up->conn.writing = false;
+    evbuffer_add(up->conn.out, ex->req_out, ex->req_out_len);
+    ex->phase = PX_PHASE_RESP_HEAD;
+    if (up->connect_error)
+        return upstream_failed(ex, 502, up->connect_error == ECONNREFUSED
+                               ? "connection refused" : "connect failed");
+    if (up->connected && !ex->t_connect_ns)
+        ex->t_connect_ns = px_now_ns();
+    return 0;
+}
+
+/* The backend connection failed before a byte of the answer reached the
+ * client. A stale keep-alive connection, or a refused connect, is retried
+ * once on a fresh connection as long as no body byte has been forwarded. */
+static int upstream_failed(struct px_exchange *ex, int status, const char *reason)
+{
+    struct px_upstream *up = ex->up;
+    bool body_touched = ex->req_body != PX_BODY_NONE &&
+                        (ex->req_body != PX_BODY_LENGTH ||
+                         ex->req_remaining != ex->req_parser.content_length);
+    bool stale = up && up->reused && evbuffer_get_length(up->conn.in) == 0;
+    bool can_retry = !ex->resp_started && !body_touched && ex->retries < 2 &&
+                     !ex->upgrade && (stale || status == 502);
+    if (!can_retry)
+        return exchange_fail(ex, status, reason);
+    int exclude = stale ? -1 : (int)ex->server->index;
+    ex->retries++;
+    detach_upstream(ex, false);
+    if (!stale)
+        sb_log(SB_LOG_WARN, "pool %s server %s: %s, retrying",
+               ex->pool->name, ex->server->addr.text, reason);
+    return start_backend(ex, exclude);
+}
+
+/* ---- the response head --------------------------------------------------- */
+
+static int response_head_done(struct px_exchange *ex)
+{
+    struct px_client *c = ex->client;
+    http_parser *p = &ex->resp_parser;
+    const struct px_head *h = &ex->resp;
+    int status = p->status_code;
+    for (unsigned i = 0; i < h->n_hdr; i++) {
+        const struct px_header *hd = &h->hdr[i];
+        if (!px_is_token(h->buf + hd->name_off, hd->name_len) ||
+            !px_is_field_value(h->buf + hd->value_off, hd->value_len))
+            return upstream_failed(ex, 502, "invalid response header");
+    }
+    if (p->http_major != 1 || status < 100 || status > 999)
+        return upstream_failed(ex, 502, "invalid response");
+    if (!ex->t_first_byte_ns)
+        ex->t_first_byte_ns = px_now_ns();
+
+    if (status == 101 && !ex->upgrade)
+        return upstream_failed(ex, 502, "unexpected 101 response");
+    bool interim = status >= 100 && status < 200 && status != 101;
+
+    uint32_t conn_len, cl_len;
+    const char *conn_list = px_head_get(h, "connection", &conn_len);
+    if (!interim && status != 101) {
+        if (ex->head_request || status == 204 || status == 304)
+            ex->resp_body = PX_BODY_NONE;
+        else if (p->flags & F_CHUNKED)
+            ex->resp_body = PX_BODY_CHUNKED;
+        else if (px_head_get(h, "content-length", &cl_len))
+            ex->resp_body = p->content_length ? PX_BODY_LENGTH : PX_BODY_NONE;
+        else
+            ex->resp_body = PX_BODY_UNTIL_CLOSE;
+        ex->resp_remaining = p->content_length;
+        if (ex->resp_body == PX_BODY_UNTIL_CLOSE && ex->client_http10)
+            ex->client_keepalive = false;
+        if (!ex->req_done || c->worker->draining)
+            ex->client_keepalive = false;
+        ex->resp_chunked_out = !ex->client_http10 &&
+            (ex->resp_body == PX_BODY_CHUNKED ||
+             ex->resp_body == PX_BODY_UNTIL_CLOSE);
+        ex->status = status;
+    }
+    if (ex->resp_body != PX_BODY_CHUNKED || interim || status == 101)
+        drop_head_lf(ex->up->conn.in);
+    if (interim && ex->client_http10) {
+        /* HTTP/1.0 clients do not expect interim answers. */
+        px_head_reset(&ex->resp);
+        http_parser_init(p, HTTP_RESPONSE);
+        p->data = ex;
+        return 0;
+    }
+
+    struct evbuffer *out = c->conn.out;
+    size_t before = evbuffer_get_length(out);
+    evbuffer_add_printf(out, "HTTP/1.1 %d ", status);
+    if (h->reason_len)
+        evbuffer_add(out, h->buf + h->reason_off, h->reason_len);
+    else
+        evbuffer_add_printf(out, "%s", px_status_reason(status));
+    evbuffer_add(out, "\r\n", 2);
+    for (unsigned i = 0; i < h->n_hdr; i++) {
+        const struct px_header *hd = &h->hdr[i];
+        if (is_hop_by_hop(h, hd, conn_list, conn_len))
+            continue;
+        add_header(out, h, hd);
+    }
+    if (status == 101) {
+        uint32_t ul;
+        const char *u = px_head_get(h, "upgrade", &ul);
+        evbuffer_add(out, "Connection: upgrade\r\n", 21);
+        if (u) {
+            evbuffer_add(out, "Upgrade: ", 9);
+            evbuffer_add(out, u, ul);
+            evbuffer_add(out, "\r\n", 2);
+        }
+    } else if (!interim) {
+        if (ex->resp_body == PX_BODY_LENGTH ||
+            (px_head_get(h, "content-length", &cl_len) &&
+             (ex->head_request || status == 304)))
+            evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n",
+                                (uint64_t)p->content_length);
+        else if (ex->resp_body == PX_BODY_NONE && status != 204 && status != 304 &&
+                 !ex->head_request)
+            evbuffer_add(out, "Content-Length: 0\r\n", 19);
+        if (ex->resp_chunked_out)
+            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+        if (!ex->client_keepalive)
+            evbuffer_add(out, "Connection: close\r\n", 19);
+        else if (ex->client_http10)
+            evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    }
+    evbuffer_add(out, "\r\n", 2);
+    ex->bytes_out += evbuffer_get_length(out) - before;
+
+    if (interim) {
+        px_head_reset(&ex->resp);
+        http_parser_init(p, HTTP_RESPONSE);
+        p->data = ex;
+        return 0;
+    }
+    ex->resp_started = true;
+    if (status == 101) {
+        ex->phase = PX_PHASE_TUNNEL;
+        ex->status = 101;
+        ex->tunnel_last_ns = px_now_ns();
+        return 0;
+    }
+    ex->phase = PX_PHASE_RESP_BODY;
+    if (ex->resp_body == PX_BODY_NONE)
+        ex->resp_done = true;
+    return 0;
+}
+
+/* ---- the engine ---------------------------------------------------------- */
+
+/* Move up to `max` bytes from `in` to `out`, without copying. */
+static size_t move_bytes(struct evbuffer *in, struct evbuffer *out, uint64_t max)
+{
+    size_t avail = evbuffer_get_length(in);
+    size_t n = max < avail ? (size_t)max : avail;
+    if (n)
+        evbuffer_remove_buffer(in, out, n);
+    return n;
+}
+
+static bool below_watermark(struct evbuffer *b)
+{
+    return evbuffer_get_length(b) < PX_HIGH_WATERMARK;
+}
+
+/* Request body toward the backend. Returns -1 when the client is gone. */
+static int pump_request_body(struct px_exchange *ex)
+{
+    struct px_client *c = ex->client;
+    struct px_upstream *up = ex->up;
+    if (ex->req_done || !up)
+        return 0;
+    if (ex->req_body == PX_BODY_LENGTH) {
+        if (below_watermark(up->conn.out)) {
+            size_t n = move_bytes(c->conn.in, up->conn.out, ex->req_remaining);
+            ex->req_remaining -= n;
+            ex->bytes_in += n;
+            if (ex->req_remaining == 0)
+                ex->req_done = true;
+        }
+    } else if (ex->req_body == PX_BODY_CHUNKED) {
+        if (below_watermark(up->conn.out) &&
+            feed(&ex->req_parser, &px_request_settings, c->conn.in, NULL)
+                == FEED_ERROR)
+            return exchange_fail(ex, 400, "invalid chunked body");
+    }
+    return 0;
+}
+
+/* Response from the backend toward the client. Returns -1 when the client
+ * is gone. */
+static int pump_response(struct px_exchange *ex)
+{
+    struct px_client *c = ex->client;
+    struct px_upstream *up = ex->up;
+    if (!up)
+        return 0;
+    while (ex->phase == PX_PHASE_RESP_HEAD && evbuffer_get_length(up->conn.in)) {
+        size_t used = 0;
+        enum feed_result r = feed(&ex->resp_parser, &px_response_settings,
+                                  up->conn.in, &used);
+        ex->resp.head_bytes += (uint32_t)used;
+        if (r == FEED_ERROR)
+            return upstream_failed(ex, 502, ex->resp.too_big
+                                   ? "response head too large" : "invalid response");
+        if (r == FEED_MORE)
+            break;
+        if (response_head_done(ex) < 0)
+            return -1;
+        if (!c->ex)
+            return 0;
+    }
+    if (ex->phase != PX_PHASE_RESP_BODY || ex->resp_done)
+        return 0;
+    if (!below_watermark(c->conn.out))
+        return 0;
+    size_t before = evbuffer_get_length(c->conn.out);
+    switch (ex->resp_body) {
+    case PX_BODY_LENGTH:
+        ex->resp_remaining -= move_bytes(up->conn.in, c->conn.out, ex->resp_remaining);
+        if (ex->resp_remaining == 0)
+            ex->resp_done = true;
+        break;
+    case PX_BODY_CHUNKED:
+        if (feed(&ex->resp_parser, &px_response_settings, up->conn.in, NULL)
+                == FEED_ERROR) {
+            ex->bytes_out += evbuffer_get_length(c->conn.out) - before;
+            client_abort(c, "invalid chunked response");
+            return -1;
+        }
+        break;
+    case PX_BODY_UNTIL_CLOSE: {
+        size_t n = evbuffer_get_length(up->conn.in);
+        if (n) {
+            if (ex->resp_chunked_out)
+                evbuffer_add_printf(c->conn.out, "%zx\r\n", n);
+            move_bytes(up->conn.in, c->conn.out, n);
+            if (ex->resp_chunked_out)
+                evbuffer_add(c->conn.out, "\r\n", 2);
+        }
+        if (up->conn.eof) {
+            if (ex->resp_chunked_out)
+                evbuffer_add(c->conn.out, "0\r\n\r\n", 5);
+            ex->resp_done = true;
+        }
+        break;
+    }
+    case PX_BODY_NONE:
+        ex->resp_done = true;
+        break;
+    }
+    ex->bytes_out += evbuffer_get_length(c->conn.out) - before;
+    return 0;
+}
+
+/* Write pending output on both sides. -1 when the client is gone. */
+static int flush_client(struct px_client *c)
+{
+    if (evbuffer_get_length(c->conn.out) == 0)
+        return 0;
+    if (px_conn_write(&c->conn) < 0) {
+        client_abort(c, "client write error");
+        return -1;
+    }
+    return 0;
+}
+
+static int flush_upstream(struct px_exchange *ex)
+{
+    struct px_upstream *up = ex->up;
+    if (!up || !up->connected || evbuffer_get_length(up->conn.out) == 0)
+        return 0;
+    if (px_conn_write(&up->conn) < 0)
+        return upstream_failed(ex, 502, "backend write error");
+    return 0;
+}
+
+/* Arm the events the exchange now needs. */
+static void arm_exchange(struct px_exchange *ex)
+{
+    struct px_client *c = ex->client;
+    struct px_upstream *up = ex->up;
+    const struct conf_timeouts *t = &ex->gen->rt->timeouts;
+    if (ex->phase == PX_PHASE_TUNNEL) {
+        px_conn_want_read(&c->conn, !c->conn.eof && below_watermark(up->conn.out),
+                          t->tunnel, false);
+        px_conn_want_read(&up->conn, !up->conn.eof && below_watermark(c->conn.out),
+                          t->tunnel, false);
+        px_conn_want_write(&c->conn, evbuffer_get_length(c->conn.out) > 0, t->server);
+        px_conn_want_write(&up->conn, evbuffer_get_length(up->conn.out) > 0, t->server);
+        return;
+    }
+    /* Client: read the request body while the backend takes it; otherwise
+     * keep an ear open for an abort, up to a bounded amount of pipelining. */
+    bool client_read;
+    if (!ex->req_done)
+        client_read = up && below_watermark(up->conn.out);
+    else
+        client_read = !c->conn.eof &&
+                      evbuffer_get_length(c->conn.in) < PX_PIPELINE_MAX;
+    px_conn_want_read(&c->conn, client_read, ex->req_done ? 0 : t->client_idle, false);
+    px_conn_want_write(&c->conn, evbuffer_get_length(c->conn.out) > 0, t->server);
+    if (!up)
+        return;
+    if (!up->connected) {
+        px_conn_want_write(&up->conn, true, t->connect);
+        return;
+    }
+    bool up_read = !up->conn.eof && !ex->resp_done && below_watermark(c->conn.out);
+    px_conn_want_read(&up->conn, up_read, t->server, false);
+    px_conn_want_write(&up->conn, evbuffer_get_length(up->conn.out) > 0, t->server);
+}
+
+/* Tunnel: bytes both ways until both sides are done. -1 when gone. */
+static int pump_tunnel(struct px_exchange *ex)
+{
+    struct px_client *c = ex->client;
+    struct px_upstream *up = ex->up;
+    if (below_watermark(up->conn.out))
+        ex->bytes_in += move_bytes(c->conn.in, up->conn.out, UINT64_MAX);
+    if (below_watermark(c->conn.out))
+        ex->bytes_out += move_bytes(up->conn.in, c->conn.out, UINT64_MAX);
+    if (flush_client(c) < 0)
+        return -1;
+    if (px_conn_write(&up->conn) < 0) {
+        client_abort(c, "backend write error");
+        return -1;
+    }
+    /* Pass a half-close on once everything before it went through. */
+    if (c->conn.eof && !up->conn.shut_wr && !evbuffer_get_length(c->conn.in) &&
+        !evbuffer_get_length(up->conn.out)) {
+        shutdown(up->conn.fd, SHUT_WR);
+        up->conn.shut_wr = true;
+    }
+    if (up->conn.eof && !c->conn.shut_wr && !evbuffer_get_length(up->conn.in) &&
+        !evbuffer_get_length(c->conn.out)) {
+        shutdown(c->conn.fd, SHUT_WR);
+        c->conn.shut_wr = true;
+    }
+    if (c->conn.shut_wr && up->conn.shut_wr) {
+        ex->resp_done = ex->req_done = true;
+        client_abort(c, NULL);
+        return -1;
+    }
+    arm_exchange(ex);
+    return 0;
+}
+
+static void arm_idle_client(struct px_client *c)
+{
+    const struct conf_timeouts *t = &client_rt(c)->timeouts;
+    px_conn_want_write(&c->conn, evbuffer_get_length(c->conn.out) > 0, t->server);
+    px_conn_want_read(&c->conn, true, t->client_idle, true);
+}
+
+/* Closing: flush, then (after an error answer) linger to drain input. */
+static void step_closing(struct px_client *c)
+{
+    if (flush_client(c) < 0)
+        return;
+    const struct conf_timeouts *t = &client_rt(c)->timeouts;
+    if (evbuffer_get_length(c->conn.out) > 0) {
+        px_conn_want_read(&c->conn, false, 0, false);
+        px_conn_want_write(&c->conn, true, t->server);
+        return;
+    }
+    if (c->conn.eof || !c->linger) {
+        client_free(c);
+        return;
+    }
+    /* Send FIN, then read and discard what the client still sends, so the
+     * kernel does not answer it with a reset that would destroy our answer. */
+    shutdown(c->conn.fd, SHUT_WR);
+    c->conn.shut_wr = true;
+    c->state = PX_CLIENT_LINGERING;
+    evbuffer_drain(c->conn.in, evbuffer_get_length(c->conn.in));
+    px_conn_want_write(&c->conn, false, 0);
+    px_conn_want_read(&c->conn, true, PX_LINGER_MS, true);
+}
+
+static void session_step(struct px_client *c)
+{
+    for (;;) {
+        if (c->state == PX_CLIENT_CLOSING) {
+            step_closing(c);
+            return;
+        }
+        if (c->state == PX_CLIENT_LINGERING) {
+            evbuffer_drain(c->conn.in, evbuffer_get_length(c->conn.in));
+            if (c->conn.eof)
+                client_free(c);
+            return;
+        }
+        struct px_exchange *ex = c->ex;
+        if (!ex) {
+            if (evbuffer_get_length(c->conn.in) == 0) {
+                if (flush_client(c) < 0)
+                    return;
+                if (c->conn.eof || c->worker->draining) {
+                    c->state = PX_CLIENT_CLOSING;
+                    continue;
+                }
+                arm_idle_client(c);
+                return;
+            }
+            if (!(ex = exchange_new(c))) {
+                client_abort(c, "out of memory");
+                return;
+            }
+        }
+        if (ex->phase == PX_PHASE_REQ_HEAD) {
+            size_t used = 0;
+            enum feed_result r = feed(&ex->req_parser, &px_request_settings,
+                                      c->conn.in, &used);
+            ex->req.head_bytes += (uint32_t)used;
+            ex->bytes_in += used;
+            if (r == FEED_ERROR) {
+                enum http_errno e = HTTP_PARSER_ERRNO(&ex->req_parser);
+                bool big = ex->req.too_big || e == HPE_HEADER_OVERFLOW;
+                if (exchange_fail(ex, big ? 431 : 400,
+                                  big ? "request head too large"
+                                      : http_errno_description(e)) < 0)
+                    return;
+                continue;
+            }
+            if (r == FEED_MORE) {
+                if (c->conn.eof) {
+                    client_abort(c, "client closed during request head");
+                    return;
+                }
+                if (flush_client(c) < 0)
+                    return;
+                /* Slow clients get client_header in all, from the first byte. */
+                uint64_t elapsed_ms = (px_now_ns() - ex->t_start_ns) / 1000000u;
+                uint32_t limit = ex->gen->rt->timeouts.client_header;
+                uint32_t left = elapsed_ms >= limit ? 1 : limit - (uint32_t)elapsed_ms;
+                px_conn_want_read(&c->conn, true, left, true);
+                return;
+            }
+            if (!(ex->req_parser.flags & F_CHUNKED)) {
+                drop_head_lf(c->conn.in);
+                ex->bytes_in++;
+            }
+            if (request_head_done(ex) < 0)
+                return;
+            if (c->ex != ex)
+                continue;       /* answered by the proxy itself */
+        }
+        if (ex->phase == PX_PHASE_TUNNEL) {
+            pump_tunnel(ex);
+            return;
+        }
+        if (pump_request_body(ex) < 0 || c->ex != ex)
+            return;
+        if (flush_upstream(ex) < 0 || c->ex != ex)
+            return;
+        if (pump_response(ex) < 0)
+            return;
+        if (c->ex != ex)
+            continue;
+        if (ex->phase == PX_PHASE_TUNNEL) {
+            pump_tunnel(ex);
+            return;
+        }
+        if (flush_client(c) < 0)
+            return;
+        if (ex->resp_done) {
+            exchange_finish(ex);
+            continue;
+        }
+        if (ex->up && ex->up->conn.eof && ex->phase != PX_PHASE_TUNNEL) {
+            if (upstream_failed(ex, 502, "backend closed connection") < 0)
+                return;
+            continue;
+        }
+        arm_exchange(ex);
+        return;
+    }
+}
+
+/* ---- event callbacks ----------------------------------------------------- */
+
+static void client_timeout(struct px_client *c)
+{
+    struct px_exchange *ex = c->ex;
+    if (c->state == PX_CLIENT_LINGERING || c->state == PX_CLIENT_CLOSING) {
+        client_free(c);
+        return;
+    }
+    if (!ex) {
+        client_free(c);                 /* keep-alive idle timeout */
+        return;
+    }
+    if (ex->phase == PX_PHASE_TUNNEL) {
+        uint64_t idle_ms = (px_now_ns() - ex->tunnel_last_ns) / 1000000u;
+        uint32_t limit = ex->gen->rt->timeouts.tunnel;
+        if (idle_ms < limit) {
+            px_conn_want_read(&c->conn, true, limit - (uint32_t)idle_ms, true);
+            return;
+        }
+        client_abort(c, "tunnel timeout");
+        return;
+    }
+    if (ex->phase == PX_PHASE_REQ_HEAD) {
+        if (ex->req.head_bytes == 0 && evbuffer_get_length(c->conn.in) == 0) {
+            client_abort(c, NULL);
+            return;
+        }
+        if (exchange_fail(ex, 408, "client header timeout") == 0)
+            session_step(c);
+        return;
+    }
+    client_abort(c, "client timeout");
+}
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_client *c = arg;
+    if (what & EV_TIMEOUT) {
+        client_timeout(c);
+        return;
+    }
+    int r = px_conn_read(&c->conn);
+    if (r == -2)
+        return;
+    if (r == -1) {
+        client_abort(c, "client read error");
+        return;
+    }
+    if (r == 0)
+        px_conn_want_read(&c->conn, false, 0, false);
+    if (c->ex && c->ex->phase == PX_PHASE_TUNNEL)
+        c->ex->tunnel_last_ns = px_now_ns();
+    session_step(c);
+}
+
+static void client_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_client *c = arg;
+    if (what & EV_TIMEOUT) {
+        client_abort(c, "client send timeout");
+        return;
+    }
+    if (flush_client(c) < 0)
+        return;
+    if (evbuffer_get_length(c->conn.out) == 0)
+        px_conn_want_write(&c->conn, false, 0);
+    session_step(c);
+}
+
+static void upstream_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_upstream *up = arg;
+    struct px_exchange *ex = up->ex;
+    struct px_client *c = ex->client;
+    if (what & EV_TIMEOUT) {
+        if (ex->phase == PX_PHASE_TUNNEL) {
+            uint64_t idle_ms = (px_now_ns() - ex->tunnel_last_ns) / 1000000u;
+            uint32_t limit = ex->gen->rt->timeouts.tunnel;
+            if (idle_ms < limit) {
+                px_conn_want_read(&up->conn, true, limit - (uint32_t)idle_ms, true);
+                return;
+            }
+            client_abort(c, "tunnel timeout");
+            return;
+        }
+        if (exchange_fail(ex, 504, "server timeout") == 0)
+            session_step(c);
+        return;
+    }
+    int r = px_conn_read(&up->conn);
+    if (r == -2)
+        return;
+    if (r == -1) {
+        up->conn.eof = true;            /* reset: same handling as a close */
+        errno = 0;
+    }
+    if (r <= 0)
+        px_conn_want_read(&up->conn, false, 0, false);
+    if (ex->phase == PX_PHASE_TUNNEL)
+        ex->tunnel_last_ns = px_now_ns();
+    session_step(c);
+}
+
+static void upstream_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_upstream *up = arg;
+    struct px_exchange *ex = up->ex;
+    struct px_client *c = ex->client;
+    if (!up->connected) {
+        if (what & EV_TIMEOUT) {
+            if (upstream_failed(ex, 504, "connect timeout") == 0)
+                session_step(c);
+            return;
+        }
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(up->conn.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            px_conn_want_write(&up->conn, false, 0);
+            if (upstream_failed(ex, 502, err == ECONNREFUSED
+                                ? "connection refused" : "connect failed") == 0)
+                session_step(c);
+            return;
+        }
+        up->connected = true;
+        ex->t_connect_ns = px_now_ns();
+        px_conn_want_write(&up->conn, false, 0);
+    } else if (what & EV_TIMEOUT) {
+        if (exchange_fail(ex, 504, "server send timeout") == 0)
+            session_step(c);
+        return;
+    }
+    if (flush_upstream(ex) < 0)
+        return;
+    if (c->ex == ex && ex->up == up && evbuffer_get_length(up->conn.out) == 0)
+        px_conn_want_write(&up->conn, false, 0);
+    session_step(c);
+}
+
+/* ---- worker-wide ---------------------------------------------------------- */
+
+/* Draining: idle keep-alive connections close now, busy ones after their
+ * current answer (which says Connection: close). */
+void px_client_shutdown_idle(struct px_worker *w)
+{
+    struct px_client *c, *next;
+    for (c = TAILQ_FIRST(&w->clients); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (c->state == PX_CLIENT_IDLE && !c->ex &&
+            evbuffer_get_length(c->conn.in) == 0)
+            client_free(c);
+    }
+}
+
+void px_client_close_all(struct px_worker *w)
+{
+    struct px_client *c;
+    while ((c = TAILQ_FIRST(&w->clients)))
+        client_abort(c, "shutdown");
+}
