@@ -420,6 +420,8 @@ static struct px_exchange *exchange_new(struct px_client *c)
     ex->resp_parser.data = ex;
     ex->phase = PX_PHASE_REQ_HEAD;
     ex->t_start_ns = px_now_ns();
+    /* The peer until the head says otherwise (trusted X-Forwarded-For). */
+    sockaddr_text(&c->peer.sa, ex->client_addr, sizeof ex->client_addr);
     struct timeval tv;
     event_base_gettimeofday_cached(w->base, &tv);
     ex->wall_start_us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
