@@ -21,8 +21,10 @@ APT_PACKAGES := build-essential pkg-config libevent-dev libhttp-parser-dev \
 	libmaxminddb-dev mmdb-bin libwebsockets-dev libyaml-dev libjansson-dev \
 	curl wrk python3 clang libclang-rt-14-dev
 
-PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread -lm
+# One pkg-config call for all: it fails loudly if a package is missing
+# (run `make deps`).
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lpthread -lm
 
 CFLAGS_COMMON := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 	-Wno-unused-parameter -g -I.
@@ -45,6 +47,7 @@ LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ    := $(MAIN_SRC:%.c=$(BUILD)/%.o)
 
 BACKEND_SRC := $(wildcard tests/backend/*.c)
+BACKEND_HDR := $(wildcard tests/backend/*.h)
 BACKEND_BIN := $(BUILD)/sb-backend
 
 UNIT_SRC    := $(wildcard tests/unit/*/test_*.c)
@@ -68,9 +71,9 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
 
-$(BACKEND_BIN): $(BACKEND_SRC)
+$(BACKEND_BIN): $(BACKEND_SRC) $(BACKEND_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $(BACKEND_SRC) $(PKG_LIBS)
 
 unit-bins: $(UNIT_BIN)
 
