@@ -380,6 +380,15 @@ static void client_abort(struct px_client *c, const char *reason)
     client_free(c);
 }
 
+/* Did the backend's answer leave its connection open? (Framing is known
+ * separately: a close-delimited body never leaves it reusable.) */
+static bool backend_keeps_alive(const http_parser *p)
+{
+    if (p->http_major == 1 && p->http_minor >= 1)
+        return !(p->flags & F_CONNECTION_CLOSE);
+    return (p->flags & F_CONNECTION_KEEP_ALIVE) != 0;
+}
+
 /* Finished answering: log, give the backend connection back, and either wait
  * for the next request or close. */
 static void exchange_finish(struct px_exchange *ex)
@@ -387,8 +396,10 @@ static void exchange_finish(struct px_exchange *ex)
     struct px_client *c = ex->client;
     bool reusable = ex->resp_done && ex->req_done &&
                     ex->resp_body != PX_BODY_UNTIL_CLOSE &&
-                    http_should_keep_alive(&ex->resp_parser) &&
+                    backend_keeps_alive(&ex->resp_parser) &&
                     ex->phase != PX_PHASE_TUNNEL;
+    if (!ex->req_done)
+        c->linger = true;       /* the client may still be sending its body */
     detach_upstream(ex, reusable);
     if (ex->gen->rt->access_log_on)
         px_access_log(c->worker->proxy, ex->gen->rt, ex);
