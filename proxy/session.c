@@ -830,12 +830,14 @@ static int start_backend(struct px_exchange *ex, int exclude)
     atomic_fetch_add_explicit(&pool->lb_servers[idx].inflight, 1, memory_order_relaxed);
     up->ex = ex;
     ex->up = up;
-    struct event_base *base = ex->client->worker->base;
-    event_assign(&up->conn.rev, base, up->conn.fd, EV_READ | EV_PERSIST,
-                 upstream_read_cb, up);
-    event_assign(&up->conn.wev, base, up->conn.fd, EV_WRITE | EV_PERSIST,
-                 upstream_write_cb, up);
-    up->conn.reading = up->conn.writing = false;
+    if (!reused) {
+        struct event_base *base = ex->client->worker->base;
+        event_assign(&up->conn.rev, base, up->conn.fd, EV_READ | EV_PERSIST,
+                     upstream_read_cb, up);
+        event_assign(&up->conn.wev, base, up->conn.fd, EV_WRITE | EV_PERSIST,
+                     upstream_write_cb, up);
+    }
+    up->reused = reused;
     evbuffer_add(up->conn.out, ex->req_out, ex->req_out_len);
     ex->phase = PX_PHASE_RESP_HEAD;
     if (up->connect_error)
@@ -1390,6 +1392,11 @@ static void upstream_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct px_upstream *up = arg;
     struct px_exchange *ex = up->ex;
+    if (!ex) {
+        /* Idle: the server spoke, closed, or it stayed unused too long. */
+        px_upstream_close(up);
+        return;
+    }
     struct px_client *c = ex->client;
     if (what & EV_TIMEOUT) {
         if (ex->phase == PX_PHASE_TUNNEL) {

@@ -4,9 +4,10 @@
  * A backend connection belongs to exactly one worker. While it serves an
  * exchange, the exchange drives it (session.c). Afterwards, if the response
  * ended cleanly and the server did not ask to close, it goes back into its
- * worker's idle list for that server, where a read event watches it: a byte
- * or an EOF from an idle server means the connection is useless, so it is
- * closed. Idle connections also close after PX_BACKEND_IDLE_MS.
+ * worker's idle list for that server. Its read event stays armed the whole
+ * time (session.c's callback sees up->ex == NULL): a byte or an EOF from an
+ * idle server means the connection is useless, so it is closed. Idle
+ * connections also close after PX_BACKEND_IDLE_MS.
  *
  * The idle lists hang off the worker's px_gen (one per config generation), so
  * they need no lock. A reload moves them to the server with the same address
@@ -20,8 +21,6 @@
 #include <unistd.h>
 
 #include "proxy/proxy-internal.h"
-
-static void idle_event(evutil_socket_t fd, short what, void *arg);
 
 
 void px_upstream_close(struct px_upstream *up)
@@ -78,10 +77,9 @@ struct px_upstream *px_upstream_get(struct px_worker *w, struct px_gen *gen,
     if (up) {
         TAILQ_REMOVE(&gen->idle[gi], up, idle_link);
         gen->idle_count[gi]--;
-        px_conn_want_read(&up->conn, false, 0, false);
         up->gen = NULL;
         *reused = true;
-        return up;
+        return up;             /* its read event stays armed: no epoll_ctl */
     }
     *reused = false;
     return upstream_connect(w, server);
@@ -138,17 +136,9 @@ void px_upstream_release(struct px_upstream *up, struct px_gen *from,
     }
     up->reused = true;
     px_conn_want_write(&up->conn, false, 0);
-    px_conn_want_read(&up->conn, false, 0, false);
-    event_assign(&up->conn.rev, w->base, up->conn.fd, EV_READ, idle_event, up);
-    px_conn_want_read(&up->conn, true, PX_BACKEND_IDLE_MS, true);
-}
-
-/* An idle server spoke, closed, or stayed unused too long: drop it. */
-static void idle_event(evutil_socket_t fd, short what, void *arg)
-{
-    struct px_upstream *up = arg;
-    up->conn.reading = false;
-    px_upstream_close(up);
+    /* The read event stays armed across idle and busy periods (its callback
+     * looks at up->ex), so parking costs a timer update, not a syscall. */
+    px_conn_want_read(&up->conn, true, PX_BACKEND_IDLE_MS, false);
 }
 
 void px_gen_close_idle(struct px_gen *gen)
