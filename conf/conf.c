@@ -64,6 +64,7 @@ enum key_type {
     KT_BYTES,           /* like KT_UINT, with k/K and m/M suffixes */
     KT_AUTO_UINT,       /* "auto" (online cores, clamped) or KT_UINT */
     KT_BOOL,            /* bool */
+    KT_DOUBLE,          /* double, dmin..dmax */
     KT_STRING,          /* char *, non-empty, owned */
     KT_ENUM,            /* int index into `names` */
     KT_ADDR,            /* struct conf_addr */
@@ -93,6 +94,7 @@ struct conf_key {
     size_t          count_off;  /* lists: the size_t element count */
     const char     *def;        /* default in config syntax; NULL: none */
     uint32_t        min, max;   /* numbers: bounds; lists: min items */
+    double          dmin, dmax; /* KT_DOUBLE: bounds */
     unsigned        flags;
     const char *const *names;   /* KT_ENUM: value names in enum order */
     const struct section *sub;  /* KT_SECTION*: the element layout */
@@ -603,6 +605,9 @@ static const char *expected(const struct conf_key *k, char *buf, size_t size)
         return buf;
     case KT_BOOL:
         return "true or false";
+    case KT_DOUBLE:
+        snprintf(buf, size, "a number from %g to %g", k->dmin, k->dmax);
+        return buf;
     case KT_STRING:
         return "a non-empty string";
     case KT_ENUM: {
@@ -723,6 +728,18 @@ static int store(struct loader *L, const struct conf_key *k, yaml_node_t *v,
         else
             return fail_type(L, k, v);
         return 0;
+    case KT_DOUBLE: {
+        char *end;
+        if (!(s = scalar_text(L, k, v)))
+            return -1;
+        errno = 0;
+        double d = strtod(s, &end);
+        if (!*s || *end || errno || d < k->dmin || d > k->dmax)
+            return fail(L, &v->start_mark, "expected a number from %g to %g, got %s",
+                        k->dmin, k->dmax, describe(v, got, sizeof got));
+        *(double *)field = d;
+        return 0;
+    }
     case KT_STRING: {
         char *copy;
         if (!(s = scalar_text(L, k, v)))
@@ -1247,6 +1264,74 @@ static int check_access_log_path(struct loader *L, const struct conf_key *k,
 
 /* Without `routes`, a lone pool takes every request; with several pools
  * there is no way to guess. */
+/* Passwords are stored hashed, never in clear: crypt(3) "$id$…" strings,
+ * e.g. from `openssl passwd -6` or `mkpasswd -m yescrypt`. */
+static int check_password_hash(struct loader *L, const struct conf_key *k,
+                               yaml_node_t *v, void *base)
+{
+    const char *h = ((struct conf_user *)base)->password;
+    if (h[0] != '$' || !strchr(h + 1, '$') || strlen(h) < 20)
+        return fail(L, &v->start_mark, "expected a crypt(3) password hash "
+                    "such as \"$6$...\" (make one with: openssl passwd -6), "
+                    "not a password in clear");
+    return 0;
+}
+
+static bool addr_is_loopback(const struct conf_addr *a)
+{
+    if (a->u.sa.sa_family == AF_INET)
+        return (ntohl(a->u.sin.sin_addr.s_addr) >> 24) == 127;
+    const struct in6_addr *v6 = &a->u.sin6.sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(v6))
+        return v6->s6_addr[12] == 127;
+    return IN6_IS_ADDR_LOOPBACK(v6);
+}
+
+/* Read a token file: one line, surrounding white space ignored. */
+static int read_token_file(struct loader *L, const yaml_mark_t *mark,
+                           const char *path, char **out)
+{
+    char buf[512];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return fail(L, mark, "cannot read %s: %s", path, strerror(errno));
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *start = buf;
+    while (*start && isspace((unsigned char)*start))
+        start++;
+    char *end = start + strlen(start);
+    while (end > start && isspace((unsigned char)end[-1]))
+        *--end = '\0';
+    if (!*start)
+        return fail(L, mark, "%s is empty", path);
+    if (!(*out = strdup(start)))
+        return fail(L, mark, "out of memory");
+    return 0;
+}
+
+/* Staff only: without any credential the dashboard may listen on loopback
+ * only. A token file is read now so that conf->dashboard.token is the one
+ * token to check. */
+static int dashboard_finish(struct loader *L, yaml_node_t *node, void *base)
+{
+    struct conf_dashboard *d = base;
+    yaml_mark_t zero = { 0, 0, 0 };
+    const yaml_mark_t *mark = node ? &node->start_mark : &zero;
+    if (d->token && d->token_file)
+        return fail(L, mark, "auth.token and auth.token_file exclude each other");
+    if (d->token_file && read_token_file(L, mark, d->token_file, &d->token) < 0)
+        return -1;
+    if (d->token && strlen(d->token) < 16)
+        return fail(L, mark, "auth token too short: use at least 16 characters");
+    bool has_auth = d->token || d->n_users > 0;
+    if (d->enabled && !has_auth && !addr_is_loopback(&d->listen))
+        return fail(L, mark, "listen %s is not a loopback address: set auth "
+                    "(a token or users) first", d->listen.text);
+    return 0;
+}
+
 static int top_finish(struct loader *L, yaml_node_t *node, void *base)
 {
     struct conf *c = base;
@@ -1372,6 +1457,122 @@ static const struct section access_log_section = {
     .keys = access_log_keys, .scalar_key = "path",
 };
 
+static int check_password_hash(struct loader *L, const struct conf_key *k,
+                               yaml_node_t *v, void *base);
+static int dashboard_finish(struct loader *L, yaml_node_t *node, void *base);
+
+static const struct conf_key string_keys[] = {
+    { .name = "value", .type = KT_STRING, .flags = KEY_REQUIRED,
+      .off = offsetof(struct conf_string, value) },
+    { .name = NULL },
+};
+
+/* A list of plain strings: each scalar item stands for { value: ... }. */
+static const struct section string_section = {
+    .keys = string_keys, .size = sizeof(struct conf_string),
+    .scalar_key = "value",
+    .line_off = offsetof(struct conf_string, line),
+    .col_off = offsetof(struct conf_string, column),
+};
+
+static const struct conf_key location_keys[] = {
+    { .name = "latitude", .type = KT_DOUBLE, .flags = KEY_REQUIRED,
+      .dmin = -90, .dmax = 90, .off = offsetof(struct conf_telemetry, latitude) },
+    { .name = "longitude", .type = KT_DOUBLE, .flags = KEY_REQUIRED,
+      .dmin = -180, .dmax = 180, .off = offsetof(struct conf_telemetry, longitude) },
+    { .name = NULL },
+};
+
+static int location_parse(struct loader *L, const struct conf_key *k,
+                          yaml_node_t *v, void *base)
+{
+    struct conf_telemetry *t = base;
+    if (!v || is_null(v))
+        return 0;
+    static const struct section location_section = { .keys = location_keys };
+    if (section_parse(L, &location_section, v, &v->start_mark, base) < 0)
+        return -1;
+    t->has_location = true;
+    return 0;
+}
+
+static const struct conf_key telemetry_keys[] = {
+    { .name = "enabled", .type = KT_BOOL, .def = "true",
+      .off = offsetof(struct conf_telemetry, enabled) },
+    { .name = "ring_size", .type = KT_UINT, .def = "16384", .min = 64,
+      .max = 1048576, .off = offsetof(struct conf_telemetry, ring_size) },
+    { .name = "geoip", .type = KT_SECTION_LIST, .min = 0, .sub = &string_section,
+      .noun = "database path", .off = offsetof(struct conf_telemetry, geoip),
+      .count_off = offsetof(struct conf_telemetry, n_geoip) },
+    { .name = "location", .type = KT_CUSTOM, .parse = location_parse,
+      .off = offsetof(struct conf_telemetry, latitude) },
+    { .name = NULL },
+};
+
+static const struct section telemetry_section = {
+    .keys = telemetry_keys,
+};
+
+static const struct conf_key user_keys[] = {
+    { .name = "name", .type = KT_STRING, .flags = KEY_REQUIRED,
+      .off = offsetof(struct conf_user, name) },
+    { .name = "password", .type = KT_STRING, .flags = KEY_REQUIRED,
+      .check = check_password_hash, .off = offsetof(struct conf_user, password) },
+    { .name = NULL },
+};
+
+static const struct section user_section = {
+    .keys = user_keys, .size = sizeof(struct conf_user),
+    .line_off = offsetof(struct conf_user, line),
+    .col_off = offsetof(struct conf_user, column),
+};
+
+static const struct conf_key auth_keys[] = {
+    { .name = "token", .type = KT_STRING, .off = offsetof(struct conf_dashboard, token) },
+    { .name = "token_file", .type = KT_STRING,
+      .off = offsetof(struct conf_dashboard, token_file) },
+    { .name = "users", .type = KT_SECTION_LIST, .min = 0, .sub = &user_section,
+      .noun = "user", .off = offsetof(struct conf_dashboard, users),
+      .count_off = offsetof(struct conf_dashboard, n_users) },
+    { .name = NULL },
+};
+
+/* `auth` is a sub-map whose fields live in struct conf_dashboard itself. */
+static int auth_parse(struct loader *L, const struct conf_key *k,
+                      yaml_node_t *v, void *base)
+{
+    static const struct section auth_section = { .keys = auth_keys };
+    if (!v || is_null(v))
+        return 0;
+    return section_parse(L, &auth_section, v, &v->start_mark, base);
+}
+
+static void auth_release(void *base)
+{
+    static const struct section auth_section = { .keys = auth_keys };
+    section_release(&auth_section, base);
+}
+
+static const struct conf_key dashboard_keys[] = {
+    { .name = "enabled", .type = KT_BOOL, .def = "true",
+      .off = offsetof(struct conf_dashboard, enabled) },
+    { .name = "listen", .type = KT_ADDR, .def = "127.0.0.1:8081",
+      .off = offsetof(struct conf_dashboard, listen) },
+    { .name = "push_hz", .type = KT_UINT, .def = "4", .min = 1, .max = 20,
+      .off = offsetof(struct conf_dashboard, push_hz) },
+    { .name = "auth", .type = KT_CUSTOM, .parse = auth_parse,
+      .release = auth_release, .off = offsetof(struct conf_dashboard, token) },
+    { .name = "allowed_origins", .type = KT_SECTION_LIST, .min = 0,
+      .sub = &string_section, .noun = "origin",
+      .off = offsetof(struct conf_dashboard, allowed_origins),
+      .count_off = offsetof(struct conf_dashboard, n_allowed_origins) },
+    { .name = NULL },
+};
+
+static const struct section dashboard_section = {
+    .keys = dashboard_keys, .finish = dashboard_finish,
+};
+
 /* Order matters: `pools` before `routes`, which look pools up by name. */
 static const struct conf_key top_keys[] = {
     { .name = "listen", .type = KT_ADDR_LIST, .flags = KEY_REQUIRED, .min = 1,
@@ -1397,6 +1598,10 @@ static const struct conf_key top_keys[] = {
       .off = offsetof(struct conf, limits) },
     { .name = "access_log", .type = KT_SECTION, .sub = &access_log_section,
       .off = offsetof(struct conf, access_log) },
+    { .name = "telemetry", .type = KT_SECTION, .sub = &telemetry_section,
+      .off = offsetof(struct conf, telemetry) },
+    { .name = "dashboard", .type = KT_SECTION, .sub = &dashboard_section,
+      .off = offsetof(struct conf, dashboard) },
     { .name = NULL },
 };
 

@@ -112,6 +112,41 @@ struct conf_access_log {
     enum conf_log_format format;
 };
 
+/* A path or other string in a list; keeps where it was written. */
+struct conf_string {
+    char *value;
+    int line, column;
+};
+
+struct conf_telemetry {
+    bool enabled;               /* default true */
+    uint32_t ring_size;         /* records per worker ring; default 16384 */
+    struct conf_string *geoip;  /* .mmdb files (1, or a v4/v6 pair); none = off */
+    size_t n_geoip;
+    bool has_location;          /* `location` given */
+    double latitude, longitude; /* where this proxy stands, for map arcs */
+};
+
+/* A dashboard user: `password` is a crypt(3) hash ("$6$…", "$y$…"). */
+struct conf_user {
+    char *name;
+    char *password;
+    int line, column;
+};
+
+struct conf_dashboard {
+    bool enabled;               /* default true */
+    struct conf_addr listen;    /* default 127.0.0.1:8081 */
+    uint32_t push_hz;           /* WebSocket updates a second; default 4 */
+    char *token;                /* bearer token; NULL = none */
+    char *token_file;           /* or read it from this file; NULL = none */
+    struct conf_user *users;    /* Basic auth users */
+    size_t n_users;
+    struct conf_string *allowed_origins;  /* besides the dashboard's own */
+    size_t n_allowed_origins;
+    int line, column;           /* of the `dashboard` key, for messages */
+};
+
 struct conf {
     char *file;                 /* path the config was read from */
 
@@ -132,6 +167,8 @@ struct conf {
     struct conf_timeouts   timeouts;
     struct conf_limits     limits;
     struct conf_access_log access_log;
+    struct conf_telemetry  telemetry;
+    struct conf_dashboard  dashboard;
 };
 
 /*

@@ -864,6 +864,100 @@ static void conf_error_frees_everything(void)
     CHECK(c == NULL);
 }
 
+/* telemetry: defaults, geoip list, location bounds. */
+static void conf_telemetry_keys(void)
+{
+    struct conf *c = load(BASE_LISTEN BASE_POOL);
+    CHECK(c && c->telemetry.enabled && c->telemetry.ring_size == 16384);
+    CHECK(c && c->telemetry.n_geoip == 0 && !c->telemetry.has_location);
+    conf_free(c);
+
+    c = load(BASE_LISTEN BASE_POOL
+             "telemetry:\n"
+             "  enabled: false\n"
+             "  ring_size: 1024\n"
+             "  geoip: [a.mmdb, b.mmdb]\n"
+             "  location: {latitude: -33.87, longitude: 151.21}\n");
+    CHECKF(c != NULL, "%.200s", err);
+    if (c) {
+        CHECK(!c->telemetry.enabled && c->telemetry.ring_size == 1024);
+        CHECK(c->telemetry.n_geoip == 2);
+        CHECK(c->telemetry.n_geoip == 2 &&
+              strcmp(c->telemetry.geoip[1].value, "b.mmdb") == 0 &&
+              c->telemetry.geoip[1].line == 10);
+        CHECK(c->telemetry.has_location && c->telemetry.latitude < -33.8 &&
+              c->telemetry.longitude > 151.2);
+    }
+    conf_free(c);
+
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL "telemetry:\n  location: {latitude: 91, longitude: 0}\n",
+                 "t.yaml:8:24: telemetry.location.latitude: expected a number "
+                 "from -90 to 90, got \"91\"");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL "telemetry:\n  location: {latitude: 1}\n",
+                 "t.yaml:8:13: telemetry.location.longitude: missing required key");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL "telemetry:\n  ring_size: 1\n",
+                 "t.yaml:8:14: telemetry.ring_size: expected an integer from 64 "
+                 "to 1048576, got \"1\"");
+}
+
+/* dashboard: defaults, auth rules, loopback-only without auth. */
+static void conf_dashboard_keys(void)
+{
+    struct conf *c = load(BASE_LISTEN BASE_POOL);
+    CHECK(c && c->dashboard.enabled && c->dashboard.push_hz == 4);
+    CHECK(c && strcmp(c->dashboard.listen.text, "127.0.0.1:8081") == 0);
+    CHECK(c && c->dashboard.token == NULL && c->dashboard.n_users == 0);
+    conf_free(c);
+
+    c = load(BASE_LISTEN BASE_POOL
+             "dashboard:\n"
+             "  listen: \"[::]:9000\"\n"
+             "  push_hz: 10\n"
+             "  auth:\n"
+             "    token: 0123456789abcdef0123\n"
+             "    users:\n"
+             "      - {name: ops, password: \"$6$saltsalt$0123456789abcdefghij\"}\n"
+             "  allowed_origins: [\"https://ops.example.com\"]\n");
+    CHECKF(c != NULL, "%.200s", err);
+    if (c) {
+        CHECK(c->dashboard.push_hz == 10);
+        CHECK(strcmp(c->dashboard.token, "0123456789abcdef0123") == 0);
+        CHECK(c->dashboard.n_users == 1 && strcmp(c->dashboard.users[0].name, "ops") == 0);
+        CHECK(c->dashboard.n_allowed_origins == 1);
+    }
+    conf_free(c);
+
+    char path[] = "/tmp/sb-token-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd >= 0) {
+        CHECK(write(fd, "  tok-from-file-0123456789\n", 27) == 27);
+        close(fd);
+        char yaml[512];
+        snprintf(yaml, sizeof yaml, BASE_LISTEN BASE_POOL
+                 "dashboard:\n  auth:\n    token_file: %s\n", path);
+        c = load(yaml);
+        CHECKF(c && strcmp(c->dashboard.token, "tok-from-file-0123456789") == 0,
+               "%.200s", err);
+        conf_free(c);
+        unlink(path);
+    }
+
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL "dashboard:\n  listen: 0.0.0.0:8081\n",
+                 "t.yaml:8:3: dashboard: listen 0.0.0.0:8081 is not a loopback "
+                 "address: set auth (a token or users) first");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL "dashboard:\n  auth: {token: short}\n",
+                 "t.yaml:8:3: dashboard: auth token too short: use at least 16 characters");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL
+                 "dashboard:\n  auth:\n    users: [{name: a, password: hunter2}]\n",
+                 "t.yaml:9:33: dashboard.auth.users[0].password: expected a crypt(3) "
+                 "password hash such as \"$6$...\" (make one with: openssl passwd -6), "
+                 "not a password in clear");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL "dashboard:\n  push_hz: 0\n",
+                 "t.yaml:8:12: dashboard.push_hz: expected an integer from 1 to 20, "
+                 "got \"0\"");
+}
+
 int main(void)
 {
     RUN(conf_full_file);
@@ -893,5 +987,7 @@ int main(void)
     RUN(conf_cidr_matching);
     RUN(conf_balance_names);
     RUN(conf_error_frees_everything);
+    RUN(conf_telemetry_keys);
+    RUN(conf_dashboard_keys);
     return check_done();
 }
