@@ -16,12 +16,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <event2/event.h>
 
 #include "conf/conf.h"
+#include "geo/geo.h"
 #include "proxy/proxy.h"
+#include "telemetry/telemetry.h"
 
 #define DEFAULT_CONFIG "conf/switchboard.yaml"
 
@@ -31,7 +34,100 @@ struct main_state {
     struct proxy *proxy;
     struct event_base *base;
     bool stopping;
+    struct geo_db *geo;                 /* NULL: geolocation off */
+    struct tm_source *tm_source;        /* over the proxy's rings */
+    struct tm_aggregator *aggregator;   /* NULL: telemetry off */
 };
+
+/* Geolocation is optional: a missing or unreadable database is one warning,
+ * and telemetry runs without locations. */
+static struct geo_db *open_geo(const struct conf_telemetry *t)
+{
+    if (t->n_geoip == 0) {
+        sb_log(SB_LOG_WARN, "telemetry.geoip is not set: geolocation is off");
+        return NULL;
+    }
+    const char *paths[2];
+    size_t n = t->n_geoip < 2 ? t->n_geoip : 2;
+    for (size_t i = 0; i < n; i++)
+        paths[i] = t->geoip[i].value;
+    char err[256];
+    struct geo_db *geo = geo_open(paths, n, err, sizeof err);
+    if (!geo)
+        sb_log(SB_LOG_WARN, "geolocation is off: %s", err);
+    else
+        sb_log(SB_LOG_INFO, "geolocation: %s (%s%s%s)", geo_schema_name(geo),
+               paths[0], n > 1 ? ", " : "", n > 1 ? paths[1] : "");
+    return geo;
+}
+
+static int start_telemetry(struct main_state *st)
+{
+    const struct conf_telemetry *t = &st->conf->telemetry;
+    size_t n_rings;
+    struct tm_ring **rings = proxy_rings(st->proxy, &n_rings);
+    if (!t->enabled || !rings)
+        return 0;
+    st->geo = open_geo(t);
+    if (!(st->tm_source = tm_source_rings(rings, n_rings)))
+        return -1;
+    struct tm_aggregator_config cfg = {
+        .source = st->tm_source,
+        .geo = st->geo,
+        .proxy_lat = t->latitude,
+        .proxy_lon = t->longitude,
+        .proxy_has_location = t->has_location,
+        .gauges = proxy_gauges(st->proxy),
+        .servers = proxy_servers,
+        .servers_ctx = st->proxy,
+    };
+    if (!(st->aggregator = tm_aggregator_new(&cfg)))
+        return -1;
+    return tm_aggregator_start(st->aggregator);
+}
+
+/* After the workers are gone: the last records are drained, then freed. */
+static void stop_telemetry(struct main_state *st)
+{
+    if (st->aggregator) {
+        tm_aggregator_stop(st->aggregator);
+        tm_aggregator_free(st->aggregator);
+        st->aggregator = NULL;
+    }
+    if (st->tm_source) {
+        st->tm_source->destroy(st->tm_source);
+        st->tm_source = NULL;
+    }
+    if (st->geo) {
+        geo_close(st->geo);
+        st->geo = NULL;
+    }
+}
+
+/*
+ * Each client connection may hold a backend connection too: ask for twice
+ * max_connections descriptors plus room for listeners, logs and the
+ * dashboard, as HAProxy derives its limit from maxconn. Raising the hard
+ * limit needs privileges; without them the soft limit goes as high as the
+ * hard one allows, and a shortfall is reported (accept pauses on EMFILE
+ * instead of failing).
+ */
+static void raise_fd_limit(const struct conf *conf)
+{
+    rlim_t want = (rlim_t)conf->limits.max_connections * 2 + 1024;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
+        return;
+    struct rlimit raised = { want, rl.rlim_max > want ? rl.rlim_max : want };
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+        return;
+    raised.rlim_cur = rl.rlim_max;
+    raised.rlim_max = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &raised);
+    sb_log(SB_LOG_WARN, "file descriptor limit is %llu, below the %llu that "
+           "limits.max_connections %u needs", (unsigned long long)rl.rlim_max,
+           (unsigned long long)want, conf->limits.max_connections);
+}
 
 static void usage(FILE *out)
 {
@@ -115,6 +211,7 @@ int main(int argc, char **argv)
     }
 
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit(st.conf);
     int rc = 1;
     st.proxy = proxy_new(st.conf, err, sizeof err);
     if (!st.proxy) {
@@ -139,6 +236,10 @@ int main(int argc, char **argv)
     event_add(ev_hup, NULL);
     event_add(ev_usr1, NULL);
 
+    if (start_telemetry(&st) < 0) {
+        sb_log(SB_LOG_ERROR, "cannot start telemetry (out of memory or threads)");
+        goto out_events;
+    }
     if (proxy_start(st.proxy, err, sizeof err) < 0) {
         sb_log(SB_LOG_ERROR, "%s", err);
         goto out_events;
@@ -160,10 +261,11 @@ out_events:
     if (ev_hup) event_free(ev_hup);
     if (ev_usr1) event_free(ev_usr1);
 out:
-    if (st.proxy) {
+    if (st.proxy)
         proxy_shutdown(st.proxy, 0);
+    stop_telemetry(&st);
+    if (st.proxy)
         proxy_free(st.proxy);
-    }
     if (st.base)
         event_base_free(st.base);
     conf_free(st.conf);

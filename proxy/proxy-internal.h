@@ -42,6 +42,7 @@
 #include "conf/conf.h"
 #include "proxy/balance.h"
 #include "proxy/proxy.h"
+#include "telemetry/telemetry.h"
 
 /* Output above this many bytes stops the reader that feeds it; reading
  * resumes once the output is below it again. Bounds memory per connection. */
@@ -266,10 +267,12 @@ struct px_exchange {
 
     /* What the access log and telemetry report. */
     char client_addr[INET6_ADDRSTRLEN];
+    uint8_t client_ip[16];
+    uint8_t client_family;      /* 4 or 6 */
     int status;
     const char *reason;         /* why the proxy answered itself, or NULL */
     uint64_t bytes_in, bytes_out;
-    uint64_t t_start_ns, t_connect_ns, t_first_byte_ns;
+    uint64_t t_start_ns, t_connect_start_ns, t_connect_ns, t_first_byte_ns;
     int64_t  wall_start_us;
     uint64_t tunnel_last_ns;
 };
@@ -319,6 +322,7 @@ struct px_worker {
     unsigned n_clients;
     bool draining;
     uint64_t rng_seed;
+    struct tm_ring *ring;       /* telemetry; NULL when off. Owned by proxy */
 };
 
 struct px_listen_set {
@@ -328,13 +332,17 @@ struct px_listen_set {
 };
 
 struct proxy {
-    struct px_runtime *rt;              /* current; main thread */
+    struct px_runtime *rt;              /* current; written by the main
+                                           thread under rt_lock */
+    pthread_mutex_t rt_lock;            /* guards rt against proxy_servers() */
+    struct tm_ring **rings;             /* per worker; NULL: telemetry off */
     struct px_worker *workers;
     unsigned n_workers;
     struct px_listen_set *listens;
     size_t n_listens;
     unsigned generation;
     atomic_uint connections;            /* client connections, all workers */
+    struct tm_gauges gauges;            /* read by the telemetry aggregator */
     uint32_t max_connections;           /* of the current runtime */
     int access_log_fd;                  /* -1 when off */
     char *access_log_path;
@@ -389,6 +397,11 @@ int  px_head_add_reason(struct px_head *h, const char *at, size_t len);
 int  px_head_add_field(struct px_head *h, const char *at, size_t len);
 int  px_head_add_value(struct px_head *h, const char *at, size_t len);
 const char *px_status_reason(int status);
+
+/* ---- telemetry tap (tap.c) --------------------------------------------- */
+
+void px_tap_emit(struct px_worker *w, const struct px_exchange *ex,
+                 enum tm_kind kind);
 
 /* ---- logs (log.c) ------------------------------------------------------ */
 

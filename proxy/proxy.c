@@ -135,6 +135,7 @@ struct proxy *proxy_new(const struct conf *conf, char *err, size_t errlen)
         return NULL;
     }
     proxy->access_log_fd = -1;
+    pthread_mutex_init(&proxy->rt_lock, NULL);
     proxy->n_workers = conf->workers ? conf->workers : 1;
     proxy->max_connections = conf->limits.max_connections;
     atomic_init(&proxy->connections, 0);
@@ -161,6 +162,18 @@ struct proxy *proxy_new(const struct conf *conf, char *err, size_t errlen)
             snprintf(err, errlen, "worker %u: cannot create its event loop", i);
             goto fail;
         }
+    /* Telemetry rings are sized once: a reload cannot resize a ring a worker
+     * is writing into. */
+    if (conf->telemetry.enabled) {
+        proxy->rings = calloc(proxy->n_workers, sizeof *proxy->rings);
+        if (!proxy->rings)
+            goto nomem;
+        for (unsigned i = 0; i < proxy->n_workers; i++) {
+            if (!(proxy->rings[i] = tm_ring_new(conf->telemetry.ring_size)))
+                goto nomem;
+            proxy->workers[i].ring = proxy->rings[i];
+        }
+    }
     return proxy;
 nomem:
     snprintf(err, errlen, "out of memory");
@@ -291,8 +304,13 @@ int proxy_reload(struct proxy *proxy, const struct conf *conf, char *err,
     proxy->listens = table;
     proxy->n_listens = n_table;
     free(kept);
-    px_runtime_unref(proxy->rt);
+    pthread_mutex_lock(&proxy->rt_lock);
+    struct px_runtime *old = proxy->rt;
     proxy->rt = rt;
+    pthread_mutex_unlock(&proxy->rt_lock);
+    px_runtime_unref(old);
+    if (conf->telemetry.enabled != (proxy->rings != NULL))
+        sb_log(SB_LOG_WARN, "reload: telemetry.enabled changed; this takes a restart");
     return 0;
 
 fail:
@@ -373,6 +391,55 @@ void proxy_free(struct proxy *proxy)
     if (proxy->access_log_fd >= 0)
         close(proxy->access_log_fd);
     free(proxy->access_log_path);
+    if (proxy->rings) {
+        for (unsigned i = 0; i < proxy->n_workers; i++)
+            tm_ring_free(proxy->rings[i]);
+        free(proxy->rings);
+    }
     px_runtime_unref(proxy->rt);
+    pthread_mutex_destroy(&proxy->rt_lock);
     free(proxy);
+}
+
+struct tm_ring **proxy_rings(struct proxy *proxy, size_t *n)
+{
+    *n = proxy->rings ? proxy->n_workers : 0;
+    return proxy->rings;
+}
+
+struct tm_gauges *proxy_gauges(struct proxy *proxy)
+{
+    return &proxy->gauges;
+}
+
+size_t proxy_servers(void *arg, struct tm_server_info *out, size_t max)
+{
+    struct proxy *proxy = arg;
+    pthread_mutex_lock(&proxy->rt_lock);
+    struct px_runtime *rt = proxy->rt;
+    if (rt)
+        px_runtime_ref(rt);
+    pthread_mutex_unlock(&proxy->rt_lock);
+    if (!rt)
+        return 0;
+    size_t n = 0;
+    for (size_t p = 0; p < rt->n_pools; p++) {
+        const struct px_pool *pool = &rt->pools[p];
+        for (size_t i = 0; i < pool->n_servers && n < max; i++, n++) {
+            const struct lb_server *lb = &pool->lb_servers[i];
+            struct tm_server_info *info = &out[n];
+            memset(info, 0, sizeof *info);
+            snprintf(info->pool, sizeof info->pool, "%.*s",
+                     (int)sizeof info->pool - 1, pool->name);
+            /* Cut to what a record carries, so the two match. */
+            snprintf(info->server, sizeof info->server, "%.*s",
+                     (int)sizeof info->server - 1, pool->servers[i].addr.text);
+            info->state = (uint8_t)atomic_load_explicit(&lb->state, memory_order_relaxed);
+            info->backup = lb->backup;
+            info->weight = lb->weight;
+            info->inflight = atomic_load_explicit(&lb->inflight, memory_order_relaxed);
+        }
+    }
+    px_runtime_unref(rt);
+    return n;
 }

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "conf/conf.h"
+#include "telemetry/telemetry.h"
 
 #define SWITCHBOARD_VERSION "0.1.0"
 
@@ -65,5 +66,18 @@ void proxy_reopen_logs(struct proxy *proxy);
 void proxy_shutdown(struct proxy *proxy, uint32_t grace_ms);
 
 void proxy_free(struct proxy *proxy);
+
+/* ---- what the proxy offers telemetry ----------------------------------- */
+
+/* The workers' telemetry rings (one each), or NULL with *n = 0 when
+ * telemetry is off. Owned by the proxy; valid until proxy_free(). */
+struct tm_ring **proxy_rings(struct proxy *proxy, size_t *n);
+struct tm_gauges *proxy_gauges(struct proxy *proxy);
+
+/* Copy the current servers (pool, address, state, weight, in-flight) into
+ * `out`; returns how many. Any thread: it takes a short lock against a
+ * concurrent reload, never a lock of the request path. `proxy` is a
+ * struct proxy *, typed void * to fit tm_aggregator_config.servers. */
+size_t proxy_servers(void *proxy, struct tm_server_info *out, size_t max);
 
 #endif

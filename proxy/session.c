@@ -219,6 +219,26 @@ static void sockaddr_text(const struct sockaddr *sa, char *out, size_t len)
         memmove(out, out + 7, strlen(out + 7) + 1);
 }
 
+/* The client address as bytes, for telemetry; v4-mapped v6 becomes v4. */
+static void set_client_ip(struct px_exchange *ex, const struct sockaddr *sa)
+{
+    static const uint8_t mapped[12] = { 0,0,0,0,0,0,0,0,0,0,0xff,0xff };
+    memset(ex->client_ip, 0, sizeof ex->client_ip);
+    if (sa->sa_family == AF_INET) {
+        memcpy(ex->client_ip, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        ex->client_family = 4;
+        return;
+    }
+    const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    if (memcmp(a, mapped, 12) == 0) {
+        memcpy(ex->client_ip, a + 12, 4);
+        ex->client_family = 4;
+    } else {
+        memcpy(ex->client_ip, a, 16);
+        ex->client_family = 6;
+    }
+}
+
 static bool text_to_sockaddr(const char *s, size_t len,
                              struct sockaddr_storage *ss)
 {
@@ -275,6 +295,7 @@ static void resolve_client_addr(struct px_exchange *ex)
                 return;                 /* garbage: stop at the last good hop */
             sockaddr_text((struct sockaddr *)&ss, ex->client_addr,
                           sizeof ex->client_addr);
+            set_client_ip(ex, (struct sockaddr *)&ss);
             if (!px_trusted(rt, (struct sockaddr *)&ss))
                 return;
             end = start > 0 ? start - 1 : 0;
@@ -334,6 +355,8 @@ static void client_free(struct px_client *c)
     px_conn_close(&c->conn);
     TAILQ_REMOVE(&w->clients, c, link);
     w->n_clients--;
+    atomic_fetch_sub_explicit(&w->proxy->gauges.client_connections, 1,
+                              memory_order_relaxed);
     if (c->counted)
         atomic_fetch_sub_explicit(&w->proxy->connections, 1, memory_order_relaxed);
     free(c);
@@ -342,6 +365,8 @@ static void client_free(struct px_client *c)
 
 static void exchange_free(struct px_exchange *ex)
 {
+    atomic_fetch_sub_explicit(&ex->client->worker->proxy->gauges.inflight, 1,
+                              memory_order_relaxed);
     px_head_free(&ex->req);
     px_head_free(&ex->resp);
     free(ex->req_out);
@@ -360,6 +385,18 @@ static void detach_upstream(struct px_exchange *ex, bool reusable)
     px_upstream_release(up, ex->gen, reusable);
 }
 
+/* The one place an exchange is reported: access log and telemetry. */
+static void exchange_report(struct px_exchange *ex)
+{
+    struct px_worker *w = ex->client->worker;
+    if (ex->gen->rt->access_log_on)
+        px_access_log(w->proxy, ex->gen->rt, ex);
+    if (w->ring)
+        px_tap_emit(w, ex, ex->phase == PX_PHASE_TUNNEL ? TM_TUNNEL_CLOSE : TM_REQUEST);
+    if (ex->phase == PX_PHASE_TUNNEL)
+        atomic_fetch_sub_explicit(&w->proxy->gauges.tunnels, 1, memory_order_relaxed);
+}
+
 /* End an exchange that cannot continue: both sockets close now. */
 static void client_abort(struct px_client *c, const char *reason)
 {
@@ -368,10 +405,9 @@ static void client_abort(struct px_client *c, const char *reason)
         if (!ex->reason)
             ex->reason = reason;
         detach_upstream(ex, false);
-        if (ex->phase != PX_PHASE_REQ_HEAD || ex->req.n_hdr > 0) {
-            if (ex->gen->rt->access_log_on)
-                px_access_log(c->worker->proxy, ex->gen->rt, ex);
-        }
+        /* A connection that closes before sending a byte is not a request. */
+        if (ex->phase != PX_PHASE_REQ_HEAD || ex->req.head_bytes > 0)
+            exchange_report(ex);
         struct px_gen *gen = ex->gen;
         c->ex = NULL;
         exchange_free(ex);
@@ -401,8 +437,7 @@ static void exchange_finish(struct px_exchange *ex)
     if (!ex->req_done)
         c->linger = true;       /* the client may still be sending its body */
     detach_upstream(ex, reusable);
-    if (ex->gen->rt->access_log_on)
-        px_access_log(c->worker->proxy, ex->gen->rt, ex);
+    exchange_report(ex);
     bool keep = ex->client_keepalive && ex->req_done && !c->worker->draining;
     struct px_gen *gen = ex->gen;
     c->ex = NULL;
@@ -421,6 +456,7 @@ static struct px_exchange *exchange_new(struct px_client *c)
     ex->client = c;
     ex->gen = px_worker_gen(w);
     ex->gen->inflight++;
+    atomic_fetch_add_explicit(&w->proxy->gauges.inflight, 1, memory_order_relaxed);
     const struct px_runtime *rt = ex->gen->rt;
     px_head_init(&ex->req, rt->limits.max_header_bytes);
     px_head_init(&ex->resp, rt->limits.max_header_bytes > 65536
@@ -433,6 +469,7 @@ static struct px_exchange *exchange_new(struct px_client *c)
     ex->t_start_ns = px_now_ns();
     /* The peer until the head says otherwise (trusted X-Forwarded-For). */
     sockaddr_text(&c->peer.sa, ex->client_addr, sizeof ex->client_addr);
+    set_client_ip(ex, &c->peer.sa);
     struct timeval tv;
     event_base_gettimeofday_cached(w->base, &tv);
     ex->wall_start_us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
@@ -458,6 +495,8 @@ void px_client_accept(struct px_worker *w, int fd, const struct sockaddr *sa,
     c->conn.out = evbuffer_new();
     TAILQ_INSERT_TAIL(&w->clients, c, link);
     w->n_clients++;
+    atomic_fetch_add_explicit(&w->proxy->gauges.client_connections, 1,
+                              memory_order_relaxed);
     if (!c->conn.in || !c->conn.out) {
         client_free(c);
         return;
@@ -542,8 +581,13 @@ static bool is_hop_by_hop(const struct px_head *h, const struct px_header *hd,
         char name[64];
         memcpy(name, h->buf + hd->name_off, hd->name_len);
         name[hd->name_len] = '\0';
-        if (px_token_list_has(conn_list, conn_len, name))
-            return true;
+        /* Every Connection field counts, not only the first one. */
+        for (unsigned i = 0; i < h->n_hdr; i++) {
+            const struct px_header *ch = &h->hdr[i];
+            if (px_header_is(h, ch, "connection") &&
+                px_token_list_has(h->buf + ch->value_off, ch->value_len, name))
+                return true;
+        }
     }
     return false;
 }
@@ -706,10 +750,9 @@ static int request_head_done(struct px_exchange *ex)
     if (p->method == HTTP_CONNECT)
         return exchange_fail(ex, 405, "connect method not allowed");
 
+    /* http-parser saw "upgrade" in any of the Connection fields. */
     uint32_t conn_len, up_len;
-    const char *conn_list = px_head_get(&ex->req, "connection", &conn_len);
-    if (px_head_get(&ex->req, "upgrade", &up_len) && conn_list &&
-        px_token_list_has(conn_list, conn_len, "upgrade"))
+    if (px_head_get(&ex->req, "upgrade", &up_len) && (p->flags & F_CONNECTION_UPGRADE))
         ex->upgrade = true;
 
     if (p->flags & F_CHUNKED)
@@ -843,6 +886,8 @@ static int start_backend(struct px_exchange *ex, int exclude)
     if (up->connect_error)
         return upstream_failed(ex, 502, up->connect_error == ECONNREFUSED
                                ? "connection refused" : "connect failed");
+    if (!reused)
+        ex->t_connect_start_ns = px_now_ns();
     if (up->connected && !ex->t_connect_ns)
         ex->t_connect_ns = px_now_ns();
     return 0;
@@ -858,8 +903,16 @@ static int upstream_failed(struct px_exchange *ex, int status, const char *reaso
                         (ex->req_body != PX_BODY_LENGTH ||
                          ex->req_remaining != ex->req_parser.content_length);
     bool stale = up && up->reused && evbuffer_get_length(up->conn.in) == 0;
+    /* A request the server may have acted on is sent again only when its
+     * method is idempotent (a proxy must not retry others, RFC 7230 6.3.1);
+     * a failed connect reached no server. */
+    unsigned m = ex->req_parser.method;
+    bool idempotent = m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS ||
+                      m == HTTP_TRACE || m == HTTP_PUT || m == HTTP_DELETE;
+    bool unsent = up && !up->connected;
     bool can_retry = !ex->resp_started && !body_touched && ex->retries < 2 &&
-                     !ex->upgrade && (stale || status == 502);
+                     !ex->upgrade &&
+                     (stale || (status == 502 && (idempotent || unsent)));
     if (!can_retry)
         return exchange_fail(ex, status, reason);
     int exclude = stale ? -1 : (int)ex->server->index;
@@ -978,6 +1031,10 @@ static int response_head_done(struct px_exchange *ex)
         ex->phase = PX_PHASE_TUNNEL;
         ex->status = 101;
         ex->tunnel_last_ns = px_now_ns();
+        atomic_fetch_add_explicit(&c->worker->proxy->gauges.tunnels, 1,
+                                  memory_order_relaxed);
+        if (c->worker->ring)
+            px_tap_emit(c->worker, ex, TM_TUNNEL_OPEN);
         return 0;
     }
     ex->phase = PX_PHASE_RESP_BODY;
@@ -1290,10 +1347,14 @@ static void session_step(struct px_client *c)
             pump_tunnel(ex);
             return;
         }
-        if (pump_request_body(ex) < 0 || c->ex != ex)
+        if (pump_request_body(ex) < 0)
             return;
-        if (flush_upstream(ex) < 0 || c->ex != ex)
+        if (c->ex != ex)
+            continue;           /* answered by the proxy (400, 502): send it */
+        if (flush_upstream(ex) < 0)
             return;
+        if (c->ex != ex)
+            continue;
         if (pump_response(ex) < 0)
             return;
         if (c->ex != ex)
