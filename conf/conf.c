@@ -1371,12 +1371,74 @@ static const struct section server_section = {
     .col_off = offsetof(struct conf_server, column),
 };
 
+static int check_health_path(struct loader *L, const struct conf_key *k,
+                             yaml_node_t *v, void *base)
+{
+    const char *p = ((struct conf_health_check *)base)->path;
+    if (p[0] != '/')
+        return fail(L, &v->start_mark, "expected a path starting with \"/\"");
+    for (const char *c = p; *c; c++)
+        if ((unsigned char)*c <= ' ' || *c == 0x7f)
+            return fail(L, &v->start_mark, "the path may not hold spaces or "
+                        "control characters");
+    return 0;
+}
+
+static const struct conf_key health_keys[] = {
+    { .name = "path", .type = KT_STRING, .flags = KEY_REQUIRED,
+      .check = check_health_path, .off = offsetof(struct conf_health_check, path) },
+    { .name = "interval", .type = KT_DURATION, .def = "2s", .min = 100,
+      .max = 3600000, .off = offsetof(struct conf_health_check, interval) },
+    { .name = "timeout", .type = KT_DURATION, .def = "1s", .min = 10,
+      .max = 3600000, .off = offsetof(struct conf_health_check, timeout) },
+    { .name = "rise", .type = KT_UINT, .def = "2", .min = 1, .max = 100,
+      .off = offsetof(struct conf_health_check, rise) },
+    { .name = "fall", .type = KT_UINT, .def = "3", .min = 1, .max = 100,
+      .off = offsetof(struct conf_health_check, fall) },
+    { .name = "expect_status", .type = KT_UINT, .def = "0", .min = 0, .max = 599,
+      .off = offsetof(struct conf_health_check, expect_status) },
+    { .name = NULL },
+};
+
+static const struct section health_section = {
+    .keys = health_keys,
+};
+
+/* Optional section: absent means no active check, so its defaults (and its
+ * required `path`) apply only when it is written. */
+static int health_parse(struct loader *L, const struct conf_key *k,
+                        yaml_node_t *v, void *base)
+{
+    struct conf_health_check *hc =
+        (struct conf_health_check *)((char *)base + k->off);
+    if (!v || is_null(v))
+        return 0;
+    if (v->type != YAML_MAPPING_NODE)
+        return fail(L, &v->start_mark, "expected a mapping with at least path");
+    if (section_parse(L, &health_section, v, &v->start_mark, hc) < 0)
+        return -1;
+    if (hc->expect_status && hc->expect_status < 100)
+        return fail(L, &v->start_mark, "expect_status: expected 0 (any 2xx or "
+                    "3xx) or a status from 100 to 599");
+    if (hc->timeout > hc->interval)
+        return fail(L, &v->start_mark, "timeout (%ums) must not exceed interval (%ums)",
+                    hc->timeout, hc->interval);
+    return 0;
+}
+
+static void health_release(void *base)
+{
+    free(((struct conf_pool *)base)->health_check.path);
+}
+
 static const struct conf_key pool_keys[] = {
     { .name = "balance", .type = KT_ENUM, .def = "round_robin",
       .names = balance_names, .off = offsetof(struct conf_pool, balance) },
     { .name = "hash_key", .type = KT_CUSTOM, .def = "source",
       .parse = parse_hash_key, .release = release_hash_name,
       .off = offsetof(struct conf_pool, hash_key) },
+    { .name = "health_check", .type = KT_CUSTOM, .parse = health_parse,
+      .release = health_release, .off = offsetof(struct conf_pool, health_check) },
     { .name = "servers", .type = KT_SECTION_LIST, .flags = KEY_REQUIRED,
       .sub = &server_section, .min = 1, .noun = "server", .check = check_servers,
       .off = offsetof(struct conf_pool, servers),

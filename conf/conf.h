@@ -72,8 +72,20 @@ struct conf_server {
     int      line, column;      /* where it was declared, for later messages */
 };
 
+/* Active health check of every server of a pool: GET `path` over a
+ * connection of its own every `interval`. */
+struct conf_health_check {
+    char    *path;              /* NULL: no active check */
+    uint32_t interval;          /* ms; default 2s */
+    uint32_t timeout;           /* ms; default 1s */
+    uint32_t rise;              /* successes to go up; default 2 */
+    uint32_t fall;              /* failures to go down; default 3 */
+    uint32_t expect_status;     /* 0 = any 2xx or 3xx; default 0 */
+};
+
 struct conf_pool {
     char *name;
+    struct conf_health_check health_check;
     enum conf_balance  balance;
     enum conf_hash_key hash_key;
     char *hash_name;            /* header or cookie name; NULL otherwise */

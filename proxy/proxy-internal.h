@@ -64,6 +64,7 @@
 
 struct px_server {
     struct conf_addr addr;
+    atomic_uint state_changes;  /* up/down transitions (health thread) */
     size_t index;               /* in its pool */
     size_t global_index;        /* in the runtime, for per-worker arrays */
     struct px_pool *pool;
@@ -78,6 +79,7 @@ struct px_pool {
     enum conf_hash_key hash_key;
     char  *hash_name;
     size_t hash_name_len;
+    struct conf_health_check health_check;  /* path NULL: none; path owned */
 };
 
 struct px_route {
@@ -104,7 +106,10 @@ struct px_runtime {
     enum conf_log_format access_log_format;
 };
 
+/* `prev` (may be NULL): the generation being replaced; each server that
+ * keeps its pool and address keeps its state (a down server stays down). */
 struct px_runtime *px_runtime_new(const struct conf *conf, unsigned generation,
+                                  const struct px_runtime *prev,
                                   char *err, size_t errlen);
 void px_runtime_ref(struct px_runtime *rt);
 void px_runtime_unref(struct px_runtime *rt);
@@ -344,6 +349,7 @@ struct proxy {
     atomic_uint connections;            /* client connections, all workers */
     struct tm_gauges gauges;            /* read by the telemetry aggregator */
     uint32_t max_connections;           /* of the current runtime */
+    struct px_health *health;           /* health-check thread */
     int access_log_fd;                  /* -1 when off */
     char *access_log_path;
     bool started;
@@ -397,6 +403,13 @@ int  px_head_add_reason(struct px_head *h, const char *at, size_t len);
 int  px_head_add_field(struct px_head *h, const char *at, size_t len);
 int  px_head_add_value(struct px_head *h, const char *at, size_t len);
 const char *px_status_reason(int status);
+
+/* ---- health checks (health.c) ------------------------------------------ */
+
+struct px_health;
+struct px_health *px_health_start(struct px_runtime *rt);
+void px_health_update(struct px_health *h, struct px_runtime *rt);
+void px_health_stop(struct px_health *h);
 
 /* ---- telemetry tap (tap.c) --------------------------------------------- */
 

@@ -140,7 +140,7 @@ struct proxy *proxy_new(const struct conf *conf, char *err, size_t errlen)
     proxy->max_connections = conf->limits.max_connections;
     atomic_init(&proxy->connections, 0);
     set_parser_limit(conf);
-    proxy->rt = px_runtime_new(conf, ++proxy->generation, err, errlen);
+    proxy->rt = px_runtime_new(conf, ++proxy->generation, NULL, err, errlen);
     if (!proxy->rt)
         goto fail;
     if (open_access_log(proxy, conf->access_log.path, err, errlen) < 0)
@@ -204,6 +204,10 @@ int proxy_start(struct proxy *proxy, char *err, size_t errlen)
         }
         proxy->started = true;
     }
+    if (rc == 0 && !(proxy->health = px_health_start(proxy->rt))) {
+        snprintf(err, errlen, "cannot start the health-check thread");
+        rc = -1;
+    }
     /* From here the workers own the sockets (even those of a worker that
      * failed to start: its loop cleanup is not run, proxy_free closes). */
     for (size_t l = 0; l < proxy->n_listens; l++)
@@ -228,7 +232,8 @@ int proxy_reload(struct proxy *proxy, const struct conf *conf, char *err,
                "a restart, keeping %u", proxy->n_workers, conf->workers,
                proxy->n_workers);
 
-    struct px_runtime *rt = px_runtime_new(conf, proxy->generation + 1, err, errlen);
+    struct px_runtime *rt = px_runtime_new(conf, proxy->generation + 1, proxy->rt,
+                                           err, errlen);
     if (!rt)
         return -1;
 
@@ -309,6 +314,8 @@ int proxy_reload(struct proxy *proxy, const struct conf *conf, char *err,
     proxy->rt = rt;
     pthread_mutex_unlock(&proxy->rt_lock);
     px_runtime_unref(old);
+    if (proxy->health)
+        px_health_update(proxy->health, rt);
     if (conf->telemetry.enabled != (proxy->rings != NULL))
         sb_log(SB_LOG_WARN, "reload: telemetry.enabled changed; this takes a restart");
     return 0;
@@ -337,6 +344,8 @@ void proxy_reopen_logs(struct proxy *proxy)
 
 void proxy_shutdown(struct proxy *proxy, uint32_t grace_ms)
 {
+    px_health_stop(proxy->health);
+    proxy->health = NULL;
     if (!proxy->started)
         return;
     for (unsigned i = 0; i < proxy->n_workers; i++) {

@@ -34,6 +34,7 @@ static void pool_free(struct px_pool *pool)
         lb_pool_fini(&pool->lb);
     free(pool->name);
     free(pool->hash_name);
+    free(pool->health_check.path);
     free(pool->lb_servers);
     free(pool->servers);
 }
@@ -60,6 +61,11 @@ static int pool_build(struct px_pool *pool, const struct conf_pool *cp,
     pool->lb_servers = calloc(cp->n_servers, sizeof *pool->lb_servers);
     pool->servers = calloc(cp->n_servers, sizeof *pool->servers);
     pool->hash_key = cp->hash_key;
+    pool->health_check = cp->health_check;
+    pool->health_check.path = NULL;
+    if (cp->health_check.path &&
+        !(pool->health_check.path = strdup(cp->health_check.path)))
+        goto nomem;
     if (cp->hash_name) {
         pool->hash_name = strdup(cp->hash_name);
         pool->hash_name_len = strlen(cp->hash_name);
@@ -89,7 +95,29 @@ nomem:
     return -1;
 }
 
+/* A server that stays in its pool at the same address keeps its state. */
+static void carry_states(struct px_runtime *rt, const struct px_runtime *prev)
+{
+    for (size_t p = 0; p < rt->n_pools; p++) {
+        struct px_pool *pool = &rt->pools[p];
+        const struct px_pool *old = NULL;
+        for (size_t q = 0; q < prev->n_pools && !old; q++)
+            if (strcmp(prev->pools[q].name, pool->name) == 0)
+                old = &prev->pools[q];
+        if (!old)
+            continue;
+        for (size_t i = 0; i < pool->n_servers; i++)
+            for (size_t k = 0; k < old->n_servers; k++)
+                if (strcmp(old->servers[k].addr.text, pool->servers[i].addr.text) == 0) {
+                    atomic_store(&pool->lb_servers[i].state,
+                                 atomic_load(&old->lb_servers[k].state));
+                    break;
+                }
+    }
+}
+
 struct px_runtime *px_runtime_new(const struct conf *conf, unsigned generation,
+                                  const struct px_runtime *prev,
                                   char *err, size_t errlen)
 {
     struct px_runtime *rt = calloc(1, sizeof *rt);
@@ -144,6 +172,8 @@ struct px_runtime *px_runtime_new(const struct conf *conf, unsigned generation,
                conf->n_trusted_proxies * sizeof *rt->trusted);
         rt->n_trusted = conf->n_trusted_proxies;
     }
+    if (prev)
+        carry_states(rt, prev);
     return rt;
 
 nomem:

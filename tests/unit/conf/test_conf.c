@@ -958,6 +958,41 @@ static void conf_dashboard_keys(void)
                  "got \"0\"");
 }
 
+/* pools.*.health_check: absent = off; defaults; bounds and cross-checks. */
+static void conf_health_check_keys(void)
+{
+    struct conf *c = load(BASE_LISTEN BASE_POOL);
+    CHECK(c && c->pools[0].health_check.path == NULL);
+    conf_free(c);
+
+    c = load(BASE_LISTEN "pools:\n  web:\n    health_check: {path: /healthz}\n"
+             "    servers: [127.0.0.1:9001]\n");
+    CHECKF(c != NULL, "%.200s", err);
+    if (c) {
+        const struct conf_health_check *hc = &c->pools[0].health_check;
+        CHECK(strcmp(hc->path, "/healthz") == 0);
+        CHECK(hc->interval == 2000 && hc->timeout == 1000);
+        CHECK(hc->rise == 2 && hc->fall == 3 && hc->expect_status == 0);
+    }
+    conf_free(c);
+
+    EXPECT_ERROR(BASE_LISTEN "pools:\n  web:\n    health_check: {interval: 1s}\n"
+                 "    servers: [127.0.0.1:9001]\n",
+                 "t.yaml:5:19: pools.web.health_check.path: missing required key");
+    EXPECT_ERROR(BASE_LISTEN "pools:\n  web:\n    health_check: {path: healthz}\n"
+                 "    servers: [127.0.0.1:9001]\n",
+                 "t.yaml:5:26: pools.web.health_check.path: expected a path "
+                 "starting with \"/\"");
+    EXPECT_ERROR(BASE_LISTEN "pools:\n  web:\n    health_check: {path: /h, "
+                 "interval: 1s, timeout: 2s}\n    servers: [127.0.0.1:9001]\n",
+                 "t.yaml:5:19: pools.web.health_check: timeout (2000ms) must not "
+                 "exceed interval (1000ms)");
+    EXPECT_ERROR(BASE_LISTEN "pools:\n  web:\n    health_check: {path: /h, fall: 0}\n"
+                 "    servers: [127.0.0.1:9001]\n",
+                 "t.yaml:5:36: pools.web.health_check.fall: expected an integer "
+                 "from 1 to 100, got \"0\"");
+}
+
 int main(void)
 {
     RUN(conf_full_file);
@@ -989,5 +1024,6 @@ int main(void)
     RUN(conf_error_frees_everything);
     RUN(conf_telemetry_keys);
     RUN(conf_dashboard_keys);
+    RUN(conf_health_check_keys);
     return check_done();
 }
