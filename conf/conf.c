@@ -1431,12 +1431,30 @@ static void health_release(void *base)
     free(((struct conf_pool *)base)->health_check.path);
 }
 
+static const struct conf_key outlier_keys[] = {
+    { .name = "consecutive_failures", .type = KT_UINT, .def = "5", .min = 0,
+      .max = 1000, .off = offsetof(struct conf_outlier, consecutive_failures) },
+    { .name = "base_ejection_time", .type = KT_DURATION, .def = "10s", .min = 100,
+      .max = 86400000, .off = offsetof(struct conf_outlier, base_ejection_time) },
+    { .name = "max_ejection_time", .type = KT_DURATION, .def = "5m", .min = 100,
+      .max = 86400000, .off = offsetof(struct conf_outlier, max_ejection_time) },
+    { .name = NULL },
+};
+
+static const struct section outlier_section = {
+    .keys = outlier_keys,
+};
+
 static const struct conf_key pool_keys[] = {
     { .name = "balance", .type = KT_ENUM, .def = "round_robin",
       .names = balance_names, .off = offsetof(struct conf_pool, balance) },
     { .name = "hash_key", .type = KT_CUSTOM, .def = "source",
       .parse = parse_hash_key, .release = release_hash_name,
       .off = offsetof(struct conf_pool, hash_key) },
+    { .name = "outlier_detection", .type = KT_SECTION, .sub = &outlier_section,
+      .off = offsetof(struct conf_pool, outlier) },
+    { .name = "retries", .type = KT_UINT, .def = "2", .min = 0, .max = 10,
+      .off = offsetof(struct conf_pool, retries) },
     { .name = "health_check", .type = KT_CUSTOM, .parse = health_parse,
       .release = health_release, .off = offsetof(struct conf_pool, health_check) },
     { .name = "servers", .type = KT_SECTION_LIST, .flags = KEY_REQUIRED,

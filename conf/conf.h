@@ -83,9 +83,20 @@ struct conf_health_check {
     uint32_t expect_status;     /* 0 = any 2xx or 3xx; default 0 */
 };
 
+/* Passive outlier detection: consecutive failures (connect errors, 5xx)
+ * eject a server for base_ejection_time, doubling while it keeps failing. */
+struct conf_outlier {
+    uint32_t consecutive_failures;  /* 0 = off; default 5 */
+    uint32_t base_ejection_time;    /* ms; default 10s */
+    uint32_t max_ejection_time;     /* ms; default 5m */
+};
+
 struct conf_pool {
     char *name;
     struct conf_health_check health_check;
+    struct conf_outlier outlier;
+    uint32_t retries;               /* other servers tried after a failed
+                                       connect; default 2 */
     enum conf_balance  balance;
     enum conf_hash_key hash_key;
     char *hash_name;            /* header or cookie name; NULL otherwise */

@@ -72,8 +72,11 @@ bool lb_server_usable(const struct lb_pool *pool, size_t index,
     /* Relaxed: the state is advice from the health checker. A request picked
      * a moment after a server went down fails like any backend error and is
      * retried elsewhere; ordering against other memory buys nothing. */
-    return atomic_load_explicit(&pool->servers[index].state,
-                                memory_order_relaxed) == LB_SERVER_UP;
+    const struct lb_server *s = &pool->servers[index];
+    if (atomic_load_explicit(&s->state, memory_order_relaxed) != LB_SERVER_UP)
+        return false;
+    return req->now_ms == UINT64_MAX ||
+           atomic_load_explicit(&s->ejected_until_ms, memory_order_relaxed) <= req->now_ms;
 }
 
 int lb_pick(const struct lb_pool *pool, void *worker_state,

@@ -45,6 +45,10 @@ struct lb_server {
     const char *id;
     atomic_int  state;          /* enum lb_server_state; any thread */
     atomic_uint inflight;       /* requests being served now, all workers */
+    /* Passive outlier detection (any worker): */
+    atomic_uint consecutive_failures;
+    atomic_uint ejections;      /* in a row, for the growing back-off */
+    _Atomic uint64_t ejected_until_ms;  /* monotonic ms; 0 = not ejected */
 };
 
 /* What the caller knows of the request, for algorithms that need it. */
@@ -52,6 +56,8 @@ struct lb_request {
     const void *key;            /* bytes to hash (hash balancer); may be NULL */
     size_t      key_len;
     int         exclude;        /* server index not to pick (retry), or -1 */
+    uint64_t    now_ms;         /* monotonic ms, to skip ejected servers;
+                                   UINT64_MAX = ignore ejections */
 };
 
 struct lb_pool;

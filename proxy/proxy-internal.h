@@ -80,6 +80,8 @@ struct px_pool {
     char  *hash_name;
     size_t hash_name_len;
     struct conf_health_check health_check;  /* path NULL: none; path owned */
+    struct conf_outlier outlier;
+    uint32_t retries;
 };
 
 struct px_route {
@@ -394,6 +396,8 @@ extern const http_parser_settings px_response_settings;
 const char *px_head_get(const struct px_head *h, const char *name,
                         uint32_t *len);
 bool px_token_list_has(const char *list, size_t len, const char *token);
+bool px_token_list_has_n(const char *list, size_t len, const char *token,
+                         size_t token_len);
 bool px_header_is(const struct px_head *h, const struct px_header *hd,
                   const char *name);
 bool px_is_token(const char *s, size_t len);

@@ -61,6 +61,8 @@ static int pool_build(struct px_pool *pool, const struct conf_pool *cp,
     pool->lb_servers = calloc(cp->n_servers, sizeof *pool->lb_servers);
     pool->servers = calloc(cp->n_servers, sizeof *pool->servers);
     pool->hash_key = cp->hash_key;
+    pool->outlier = cp->outlier;
+    pool->retries = cp->retries;
     pool->health_check = cp->health_check;
     pool->health_check.path = NULL;
     if (cp->health_check.path &&
