@@ -151,7 +151,14 @@ static bool is_ows(char c) { return c == ' ' || c == '\t'; }
 /* Does the comma-separated list contain `token` (case-insensitive)? */
 bool px_token_list_has(const char *list, size_t len, const char *token)
 {
-    size_t tlen = strlen(token);
+    return px_token_list_has_n(list, len, token, strlen(token));
+}
+
+/* The same for a token that is not NUL-terminated (a header name in a
+ * head's buffer), of any length. */
+bool px_token_list_has_n(const char *list, size_t len, const char *token,
+                         size_t tlen)
+{
     size_t i = 0;
     while (i < len) {
         while (i < len && (is_ows(list[i]) || list[i] == ','))

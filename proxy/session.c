@@ -577,17 +577,15 @@ static bool is_hop_by_hop(const struct px_head *h, const struct px_header *hd,
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (px_header_is(h, hd, names[i]))
             return true;
-    if (conn_list && hd->name_len < 64) {
-        char name[64];
-        memcpy(name, h->buf + hd->name_off, hd->name_len);
-        name[hd->name_len] = '\0';
-        /* Every Connection field counts, not only the first one. */
-        for (unsigned i = 0; i < h->n_hdr; i++) {
-            const struct px_header *ch = &h->hdr[i];
-            if (px_header_is(h, ch, "connection") &&
-                px_token_list_has(h->buf + ch->value_off, ch->value_len, name))
-                return true;
-        }
+    if (!conn_list)
+        return false;
+    /* Every Connection field counts, not only the first one. */
+    for (unsigned i = 0; i < h->n_hdr; i++) {
+        const struct px_header *ch = &h->hdr[i];
+        if (px_header_is(h, ch, "connection") &&
+            px_token_list_has_n(h->buf + ch->value_off, ch->value_len,
+                                h->buf + hd->name_off, hd->name_len))
+            return true;
     }
     return false;
 }
@@ -858,9 +856,16 @@ static int start_backend(struct px_exchange *ex, int exclude)
         break;
     }
     }
+    req.now_ms = px_now_ns() / 1000000u;
     int idx = lb_pick(&pool->lb, gen->lb_state[pool_index], &req);
     if (idx < 0 && exclude >= 0) {
         req.exclude = -1;
+        idx = lb_pick(&pool->lb, gen->lb_state[pool_index], &req);
+    }
+    if (idx < 0) {
+        /* Every up server is ejected: trying one beats refusing them all
+         * (nginx does the same when all peers have failed). */
+        req.now_ms = UINT64_MAX;
         idx = lb_pick(&pool->lb, gen->lb_state[pool_index], &req);
     }
     if (idx < 0)
@@ -893,6 +898,47 @@ static int start_backend(struct px_exchange *ex, int exclude)
     return 0;
 }
 
+/*
+ * Passive outlier detection. Every worker updates the server's shared
+ * counters; a success only writes when there is something to reset, so the
+ * common path just reads them. The worker whose failure reaches the
+ * threshold ejects the server: base_ejection_time, doubled for each ejection
+ * in a row, up to max_ejection_time.
+ */
+static void note_failure(struct px_exchange *ex, const char *reason)
+{
+    const struct conf_outlier *o = &ex->pool->outlier;
+    if (!ex->server || o->consecutive_failures == 0)
+        return;
+    struct lb_server *s = &ex->pool->lb_servers[ex->server->index];
+    unsigned n = atomic_fetch_add_explicit(&s->consecutive_failures, 1,
+                                           memory_order_relaxed) + 1;
+    if (n != o->consecutive_failures)
+        return;
+    unsigned times = atomic_fetch_add_explicit(&s->ejections, 1,
+                                               memory_order_relaxed);
+    uint64_t ms = o->base_ejection_time;
+    for (unsigned i = 0; i < times && ms < o->max_ejection_time; i++)
+        ms *= 2;
+    if (ms > o->max_ejection_time)
+        ms = o->max_ejection_time;
+    atomic_store_explicit(&s->ejected_until_ms, px_now_ns() / 1000000u + ms,
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->consecutive_failures, 0, memory_order_relaxed);
+    sb_log(SB_LOG_WARN, "pool %s server %s ejected for %llu ms after %u "
+           "consecutive failures (last: %s)", ex->pool->name,
+           ex->server->addr.text, (unsigned long long)ms, n, reason);
+}
+
+static void note_success(struct px_exchange *ex)
+{
+    struct lb_server *s = &ex->pool->lb_servers[ex->server->index];
+    if (atomic_load_explicit(&s->consecutive_failures, memory_order_relaxed))
+        atomic_store_explicit(&s->consecutive_failures, 0, memory_order_relaxed);
+    if (atomic_load_explicit(&s->ejections, memory_order_relaxed))
+        atomic_store_explicit(&s->ejections, 0, memory_order_relaxed);
+}
+
 /* The backend connection failed before a byte of the answer reached the
  * client. A stale keep-alive connection, or a refused connect, is retried
  * once on a fresh connection as long as no body byte has been forwarded. */
@@ -910,7 +956,10 @@ static int upstream_failed(struct px_exchange *ex, int status, const char *reaso
     bool idempotent = m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS ||
                       m == HTTP_TRACE || m == HTTP_PUT || m == HTTP_DELETE;
     bool unsent = up && !up->connected;
-    bool can_retry = !ex->resp_started && !body_touched && ex->retries < 2 &&
+    if (!stale)
+        note_failure(ex, reason);
+    bool can_retry = !ex->resp_started && !body_touched &&
+                     ex->retries < (stale ? 2 : ex->pool->retries) &&
                      !ex->upgrade &&
                      (stale || (status == 502 && (idempotent || unsent)));
     if (!can_retry)
@@ -942,6 +991,10 @@ static int response_head_done(struct px_exchange *ex)
         return upstream_failed(ex, 502, "invalid response");
     if (!ex->t_first_byte_ns)
         ex->t_first_byte_ns = px_now_ns();
+    if (status >= 500)
+        note_failure(ex, "5xx answer");
+    else if (status >= 200)
+        note_success(ex);
 
     if (status == 101 && !ex->upgrade)
         return upstream_failed(ex, 502, "unexpected 101 response");
@@ -1470,6 +1523,7 @@ static void upstream_read_cb(evutil_socket_t fd, short what, void *arg)
             client_abort(c, "tunnel timeout");
             return;
         }
+        note_failure(ex, "server timeout");
         if (exchange_fail(ex, 504, "server timeout") == 0)
             session_step(c);
         return;
