@@ -19,7 +19,7 @@ PKGS     := libevent libevent_pthreads yaml-0.1 jansson libmaxminddb libwebsocke
 # Debian packages the build, the tests and the demo need.
 APT_PACKAGES := build-essential pkg-config libevent-dev libhttp-parser-dev \
 	libmaxminddb-dev mmdb-bin libwebsockets-dev libyaml-dev libjansson-dev \
-	curl wrk python3 clang libclang-rt-14-dev
+	curl wrk python3 clang libclang-rt-14-dev slowhttptest
 
 # One pkg-config call for all: it fails loudly if a package is missing
 # (run `make deps`).

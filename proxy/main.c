@@ -37,6 +37,8 @@ struct main_state {
     struct geo_db *geo;                 /* NULL: geolocation off */
     struct tm_source *tm_source;        /* over the proxy's rings */
     struct tm_aggregator *aggregator;   /* NULL: telemetry off */
+    struct event *grace_timer;
+    struct event *poll_timer;
 };
 
 /* Geolocation is optional: a missing or unreadable database is one warning,
@@ -140,15 +142,40 @@ static void usage(FILE *out)
         "signals: TERM/INT graceful stop, HUP reload, USR1 reopen logs\n");
 }
 
+/* While stopping: reap the workers as they finish; the grace timer or a
+ * second signal cuts what is left. */
+static void on_stop_poll(evutil_socket_t fd, short what, void *arg)
+{
+    struct main_state *st = arg;
+    if (proxy_stop_poll(st->proxy))
+        event_base_loopbreak(st->base);
+}
+
+static void on_grace_over(evutil_socket_t fd, short what, void *arg)
+{
+    struct main_state *st = arg;
+    sb_log(SB_LOG_WARN, "grace period over: closing the remaining connections");
+    proxy_stop_now(st->proxy);
+}
+
 static void on_stop(evutil_socket_t sig, short what, void *arg)
 {
     struct main_state *st = arg;
-    if (st->stopping)
+    const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+    if (st->stopping) {
+        sb_log(SB_LOG_WARN, "%s again: closing the remaining connections now", name);
+        proxy_stop_now(st->proxy);
         return;
+    }
     st->stopping = true;
-    sb_log(SB_LOG_INFO, "%s: stopping; in-flight requests have %u ms",
-           sig == SIGINT ? "SIGINT" : "SIGTERM", st->conf->timeouts.shutdown);
-    event_base_loopbreak(st->base);
+    sb_log(SB_LOG_INFO, "%s: stopping; in-flight requests have %u ms (send it "
+           "again to stop at once)", name, st->conf->timeouts.shutdown);
+    proxy_stop_begin(st->proxy);
+    uint32_t ms = st->conf->timeouts.shutdown;
+    struct timeval grace = { ms / 1000, (ms % 1000) * 1000 };
+    struct timeval tick = { 0, 20 * 1000 };
+    event_add(st->grace_timer, &grace);
+    event_add(st->poll_timer, &tick);
 }
 
 static void on_reload(evutil_socket_t sig, short what, void *arg)
@@ -227,7 +254,10 @@ int main(int argc, char **argv)
     struct event *ev_int = evsignal_new(st.base, SIGINT, on_stop, &st);
     struct event *ev_hup = evsignal_new(st.base, SIGHUP, on_reload, &st);
     struct event *ev_usr1 = evsignal_new(st.base, SIGUSR1, on_reopen, &st);
-    if (!ev_term || !ev_int || !ev_hup || !ev_usr1) {
+    st.grace_timer = evtimer_new(st.base, on_grace_over, &st);
+    st.poll_timer = event_new(st.base, -1, EV_PERSIST, on_stop_poll, &st);
+    if (!ev_term || !ev_int || !ev_hup || !ev_usr1 || !st.grace_timer ||
+        !st.poll_timer) {
         sb_log(SB_LOG_ERROR, "cannot install signal handlers");
         goto out_events;
     }
@@ -251,16 +281,22 @@ int main(int argc, char **argv)
            st.config_path);
 
     event_base_dispatch(st.base);
-    proxy_shutdown(st.proxy, st.conf->timeouts.shutdown);
     sb_log(SB_LOG_INFO, "stopped");
     rc = 0;
 
 out_events:
+    if (st.grace_timer) event_free(st.grace_timer);
+    if (st.poll_timer) event_free(st.poll_timer);
     if (ev_term) event_free(ev_term);
     if (ev_int) event_free(ev_int);
     if (ev_hup) event_free(ev_hup);
     if (ev_usr1) event_free(ev_usr1);
 out:
+    /* Freeing the signal events gave TERM and INT their default action
+     * back: a late one during the cleanup below must not turn a clean stop
+     * into death by signal. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     if (st.proxy)
         proxy_shutdown(st.proxy, 0);
     stop_telemetry(&st);

@@ -330,6 +330,7 @@ struct px_worker {
     bool draining;
     uint64_t rng_seed;
     struct tm_ring *ring;       /* telemetry; NULL when off. Owned by proxy */
+    bool joined;                /* main thread: the thread has been joined */
 };
 
 struct px_listen_set {
@@ -355,6 +356,8 @@ struct proxy {
     int access_log_fd;                  /* -1 when off */
     char *access_log_path;
     bool started;
+    bool stopping;                      /* SHUTDOWN posted */
+    bool hard_stopping;                 /* HARD_STOP posted */
 };
 
 void px_worker_post(struct px_worker *w, struct px_msg *msg);

@@ -342,47 +342,62 @@ void proxy_reopen_logs(struct proxy *proxy)
     }
 }
 
-void proxy_shutdown(struct proxy *proxy, uint32_t grace_ms)
+void proxy_stop_begin(struct proxy *proxy)
 {
     px_health_stop(proxy->health);
     proxy->health = NULL;
-    if (!proxy->started)
+    if (!proxy->started || proxy->stopping)
         return;
+    proxy->stopping = true;
     for (unsigned i = 0; i < proxy->n_workers; i++) {
         struct px_msg *m = msg_new(PX_MSG_SHUTDOWN);
         if (m)
             px_worker_post(&proxy->workers[i], m);
     }
-    /* Wait for the workers to drain, at most grace_ms, then stop them. */
-    uint64_t deadline = px_now_ns() + (uint64_t)grace_ms * 1000000u;
+}
+
+bool proxy_stop_poll(struct proxy *proxy)
+{
+    if (!proxy->started)
+        return true;
+    bool all = true;
     for (unsigned i = 0; i < proxy->n_workers; i++) {
         struct px_worker *w = &proxy->workers[i];
-        for (;;) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            uint64_t now = px_now_ns();
-            uint64_t left = deadline > now ? deadline - now : 0;
-            if (left > 100000000u)
-                left = 100000000u;
-            ts.tv_nsec += (long)left;
-            while (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            if (pthread_timedjoin_np(w->thread, NULL, &ts) == 0)
-                break;
-            if (px_now_ns() >= deadline) {
-                struct px_msg *m = msg_new(PX_MSG_HARD_STOP);
-                if (m)
-                    px_worker_post(w, m);
-                sb_log(SB_LOG_WARN, "worker %u: grace period over, closing "
-                       "remaining connections", w->id);
-                pthread_join(w->thread, NULL);
-                break;
-            }
-        }
+        if (!w->joined && pthread_tryjoin_np(w->thread, NULL) == 0)
+            w->joined = true;
+        all = all && w->joined;
     }
-    proxy->started = false;
+    if (all)
+        proxy->started = false;
+    return all;
+}
+
+void proxy_stop_now(struct proxy *proxy)
+{
+    if (!proxy->started || proxy->hard_stopping)
+        return;
+    proxy->hard_stopping = true;
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        struct px_worker *w = &proxy->workers[i];
+        if (w->joined)
+            continue;
+        struct px_msg *m = msg_new(PX_MSG_HARD_STOP);
+        if (m)
+            px_worker_post(w, m);
+    }
+}
+
+/* Blocking form, for paths that have no event loop to wait in. */
+void proxy_shutdown(struct proxy *proxy, uint32_t grace_ms)
+{
+    proxy_stop_begin(proxy);
+    uint64_t deadline = px_now_ns() + (uint64_t)grace_ms * 1000000u;
+    while (!proxy_stop_poll(proxy)) {
+        if (px_now_ns() >= deadline)
+            proxy_stop_now(proxy);
+        struct timespec nap = { 0, 10 * 1000 * 1000 };
+        nanosleep(&nap, NULL);
+    }
 }
 
 void proxy_free(struct proxy *proxy)

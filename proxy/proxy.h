@@ -60,9 +60,18 @@ int proxy_reload(struct proxy *proxy, const struct conf *conf,
 void proxy_reopen_logs(struct proxy *proxy);
 
 /*
- * Stop accepting, let in-flight requests finish for at most `grace_ms`, then
- * close what is left. Returns when every worker thread has exited.
+ * Stopping, in steps the main event loop can interleave with signals:
+ * proxy_stop_begin() makes every worker stop accepting, close idle
+ * connections and finish its in-flight requests (answered with Connection:
+ * close); proxy_stop_poll() reaps the workers that are done and returns true
+ * once all are; proxy_stop_now() makes the rest close everything at once
+ * (grace period over, or a second signal).
  */
+void proxy_stop_begin(struct proxy *proxy);
+bool proxy_stop_poll(struct proxy *proxy);
+void proxy_stop_now(struct proxy *proxy);
+
+/* All of the above, blocking: at most `grace_ms` for in-flight requests. */
 void proxy_shutdown(struct proxy *proxy, uint32_t grace_ms);
 
 void proxy_free(struct proxy *proxy);
