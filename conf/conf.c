@@ -1361,6 +1361,8 @@ static const struct conf_key server_keys[] = {
       .off = offsetof(struct conf_server, weight) },
     { .name = "backup", .type = KT_BOOL, .def = "false",
       .off = offsetof(struct conf_server, backup) },
+    { .name = "max_conns", .type = KT_UINT, .def = "0", .min = 0, .max = 1000000,
+      .off = offsetof(struct conf_server, max_conns) },
     { .name = NULL },
 };
 
@@ -1445,6 +1447,18 @@ static const struct section outlier_section = {
     .keys = outlier_keys,
 };
 
+static const struct conf_key queue_keys[] = {
+    { .name = "size", .type = KT_UINT, .def = "1024", .min = 0, .max = 1000000,
+      .off = offsetof(struct conf_queue, size) },
+    { .name = "timeout", .type = KT_DURATION, .def = "5s", .min = 1,
+      .max = UINT32_MAX, .off = offsetof(struct conf_queue, timeout) },
+    { .name = NULL },
+};
+
+static const struct section queue_section = {
+    .keys = queue_keys,
+};
+
 static const struct conf_key pool_keys[] = {
     { .name = "balance", .type = KT_ENUM, .def = "round_robin",
       .names = balance_names, .off = offsetof(struct conf_pool, balance) },
@@ -1453,6 +1467,8 @@ static const struct conf_key pool_keys[] = {
       .off = offsetof(struct conf_pool, hash_key) },
     { .name = "outlier_detection", .type = KT_SECTION, .sub = &outlier_section,
       .off = offsetof(struct conf_pool, outlier) },
+    { .name = "queue", .type = KT_SECTION, .sub = &queue_section,
+      .off = offsetof(struct conf_pool, queue) },
     { .name = "retries", .type = KT_UINT, .def = "2", .min = 0, .max = 10,
       .off = offsetof(struct conf_pool, retries) },
     { .name = "health_check", .type = KT_CUSTOM, .parse = health_parse,

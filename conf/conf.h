@@ -69,6 +69,7 @@ struct conf_server {
     struct conf_addr addr;
     unsigned weight;            /* 1..256, default 1 */
     bool     backup;            /* only used when no primary server can serve */
+    unsigned max_conns;         /* requests at once; 0 = no limit */
     int      line, column;      /* where it was declared, for later messages */
 };
 
@@ -91,8 +92,15 @@ struct conf_outlier {
     uint32_t max_ejection_time;     /* ms; default 5m */
 };
 
+/* Where requests wait when every usable server is at max_conns. */
+struct conf_queue {
+    uint32_t size;              /* requests waiting, whole pool; 0 = no queue */
+    uint32_t timeout;           /* ms a request may wait; then 503 */
+};
+
 struct conf_pool {
     char *name;
+    struct conf_queue queue;
     struct conf_health_check health_check;
     struct conf_outlier outlier;
     uint32_t retries;               /* other servers tried after a failed

@@ -75,6 +75,9 @@ bool lb_server_usable(const struct lb_pool *pool, size_t index,
     const struct lb_server *s = &pool->servers[index];
     if (atomic_load_explicit(&s->state, memory_order_relaxed) != LB_SERVER_UP)
         return false;
+    if (s->max_conns && !req->ignore_full &&
+        atomic_load_explicit(&s->inflight, memory_order_relaxed) >= s->max_conns)
+        return false;
     return req->now_ms == UINT64_MAX ||
            atomic_load_explicit(&s->ejected_until_ms, memory_order_relaxed) <= req->now_ms;
 }

@@ -37,6 +37,7 @@ enum lb_server_state {
 struct lb_server {
     unsigned weight;            /* configured weight, >= 1 */
     bool     backup;
+    unsigned max_conns;         /* 0 = no limit on inflight */
     /* Stable identity, e.g. the address text "10.0.0.7:8080"; borrowed, must
      * outlive the pool. The hash ring is placed by it, not by the index, so
      * adding or removing one server leaves the other servers' keys where
@@ -58,6 +59,7 @@ struct lb_request {
     int         exclude;        /* server index not to pick (retry), or -1 */
     uint64_t    now_ms;         /* monotonic ms, to skip ejected servers;
                                    UINT64_MAX = ignore ejections */
+    bool        ignore_full;    /* count servers at max_conns as usable */
 };
 
 struct lb_pool;

@@ -245,3 +245,395 @@ const char *px_status_reason(int status)
     default:  return "Unknown";
     }
 }
+
+/* ---- strict wire check ---------------------------------------------------
+ *
+ * http-parser 2.9.4 as Debian builds it (HTTP_PARSER_STRICT=0) accepts more
+ * than a proxy may: bare LF line ends, obs-fold continuation lines, extra
+ * spaces in the request line, a request line without a version (HTTP/0.9),
+ * tabs in the target, any byte where the CRLF after chunk data belongs, and
+ * anything at all as a chunk extension. Two parsers that disagree on where a
+ * message ends are how requests get smuggled, so every byte the parser is
+ * given has passed px_wire_scan() first, which holds the raw bytes to the
+ * RFC 9112 grammar:
+ *
+ *   request-line = method SP request-target SP HTTP-version CRLF
+ *                  (method a token, target visible ASCII, version HTTP/D.D;
+ *                  empty lines before it are skipped, as RFC 9112 2.2 allows)
+ *   status-line  = HTTP-version SP 3DIGIT [ SP reason-phrase ] CRLF
+ *   field-line   = token ":" value CRLF, value without CTL but HTAB
+ *                  (no obs-fold, no space before the colon)
+ *   chunk        = 1*HEXDIG *( BWS ";" BWS token [ BWS "=" BWS
+ *                  ( token / quoted-string ) ] ) CRLF data CRLF
+ *   last-chunk   = "0" [ chunk-ext ] CRLF *( field-line ) CRLF
+ *
+ * Lines end with CRLF only: a bare LF is refused (HAProxy does the same; RFC
+ * 9112 2.2 lets a recipient accept it, a proxy is safer without).
+ *
+ * The scanner stops right after the LF that ends the head (http-parser
+ * pauses on that LF and leaves it unconsumed) or, for a chunked body, right
+ * after the last CRLF of the message (which http-parser consumes), so the
+ * caller can check that both agree where the head and the message end.
+ */
+
+enum {
+    W_START,            /* 0: what a zeroed px_head starts with */
+    W_LEADING_LF,       /* CR of an empty line before the request line */
+    W_METHOD,
+    W_TARGET_START,
+    W_TARGET,
+    W_VERSION,          /* "HTTP/D.D", count = characters matched */
+    W_VERSION_END,
+    W_STATUS,           /* count = digits */
+    W_STATUS_END,
+    W_REASON,
+    W_LINE_LF,          /* CR of the start line seen */
+    W_FIELD_START,
+    W_NAME,
+    W_VALUE,
+    W_VALUE_LF,
+    W_END_LF,           /* CR of the empty line that ends the head/trailers */
+    W_HEAD_END,         /* head complete (the final LF included) */
+    W_CH_HEAD_LF,       /* chunked body: the head's LF, read again */
+    W_CH_SIZE_START,
+    W_CH_SIZE,
+    W_CH_BWS_SEMI,      /* BWS that must be followed by ";" */
+    W_CH_EXT_NAME_START,
+    W_CH_EXT_NAME,
+    W_CH_EXT_AFTER_NAME,
+    W_CH_EXT_VAL_START,
+    W_CH_EXT_VAL,
+    W_CH_EXT_QS,
+    W_CH_EXT_QS_ESC,
+    W_CH_EXT_QS_END,
+    W_CH_SIZE_LF,
+    W_CH_DATA,
+    W_CH_DATA_CR,
+    W_CH_DATA_LF,
+    W_MSG_END,          /* chunked message complete (trailers included) */
+};
+
+/* A chunk-size line (size and extensions) longer than this is refused:
+ * http-parser would skip extensions of any length. */
+#define PX_CHUNK_LINE_MAX 4096
+
+static bool is_tchar(unsigned char c)
+{
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+           (c >= 'A' && c <= 'Z') || (c != 0 && strchr(extra, c));
+}
+
+static int hex_val(unsigned char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static bool is_vchar(unsigned char c) { return c > 0x20 && c < 0x7f; }
+/* field-vchar / SP / HTAB: visible ASCII, obs-text, space, tab. */
+static bool is_value_char(unsigned char c)
+{
+    return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+static size_t wire_fail(struct px_wire *w, const char *why, size_t at)
+{
+    w->error = why;
+    return at;
+}
+
+size_t px_wire_scan(struct px_wire *w, const char *data, size_t len,
+                    bool response)
+{
+    static const char version[] = "HTTP/D.D";
+    const unsigned char *p = (const unsigned char *)data;
+    if (w->error)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = p[i];
+        if (w->state >= W_CH_SIZE_START && w->state <= W_CH_SIZE_LF &&
+            ++w->line > PX_CHUNK_LINE_MAX)
+            return wire_fail(w, "chunk size line too long", i);
+        switch (w->state) {
+        case W_START:
+            if (response) {
+                if (c != 'H')
+                    return wire_fail(w, "invalid status line", i);
+                w->state = W_VERSION;
+                w->count = 1;                   /* "H" of "HTTP/D.D" */
+            } else if (c == '\r') {
+                w->state = W_LEADING_LF;
+            } else if (is_tchar(c)) {
+                w->state = W_METHOD;
+            } else {
+                return wire_fail(w, c == '\n' ? "bare LF" : "invalid request line", i);
+            }
+            break;
+        case W_LEADING_LF:
+            if (c != '\n')
+                return wire_fail(w, "bare CR", i);
+            w->state = W_START;
+            break;
+        case W_METHOD:
+            if (c == ' ')
+                w->state = W_TARGET_START;
+            else if (!is_tchar(c))
+                return wire_fail(w, "invalid method", i);
+            break;
+        case W_TARGET_START:
+            if (!is_vchar(c))
+                return wire_fail(w, c == ' ' ? "invalid request line"
+                                             : "invalid request target", i);
+            w->state = W_TARGET;
+            break;
+        case W_TARGET:
+            if (c == ' ') {
+                w->state = W_VERSION;
+                w->count = 0;
+            } else if (c == '\r' || c == '\n') {
+                return wire_fail(w, "HTTP/0.9 request (no version)", i);
+            } else if (!is_vchar(c)) {
+                return wire_fail(w, "invalid request target", i);
+            }
+            break;
+        case W_VERSION: {
+            char want = version[w->count];
+            bool ok = want == 'D' ? (c >= '0' && c <= '9') : c == (unsigned char)want;
+            if (!ok)
+                return wire_fail(w, response ? "invalid status line"
+                                             : "invalid HTTP version", i);
+            if (++w->count == sizeof version - 1)
+                w->state = W_VERSION_END;
+            break;
+        }
+        case W_VERSION_END:
+            if (!response && c == '\r')
+                w->state = W_LINE_LF;
+            else if (response && c == ' ') {
+                w->state = W_STATUS;
+                w->count = 0;
+            } else
+                return wire_fail(w, response ? "invalid status line"
+                                             : "invalid HTTP version", i);
+            break;
+        case W_STATUS:
+            if (c < '0' || c > '9')
+                return wire_fail(w, "invalid status line", i);
+            if (++w->count == 3)
+                w->state = W_STATUS_END;
+            break;
+        case W_STATUS_END:
+            if (c == ' ')
+                w->state = W_REASON;
+            else if (c == '\r')
+                w->state = W_LINE_LF;
+            else
+                return wire_fail(w, "invalid status line", i);
+            break;
+        case W_REASON:
+            if (c == '\r')
+                w->state = W_LINE_LF;
+            else if (!is_value_char(c))
+                return wire_fail(w, c == '\n' ? "bare LF" : "invalid status line", i);
+            break;
+        case W_LINE_LF:
+        case W_VALUE_LF:
+            if (c != '\n')
+                return wire_fail(w, "bare CR", i);
+            w->state = W_FIELD_START;
+            break;
+        case W_FIELD_START:
+            if (c == '\r')
+                w->state = W_END_LF;
+            else if (c == ' ' || c == '\t')
+                return wire_fail(w, "obs-fold (header line starting with white space)", i);
+            else if (is_tchar(c))
+                w->state = W_NAME;
+            else
+                return wire_fail(w, c == '\n' ? "bare LF" : "invalid header name", i);
+            break;
+        case W_NAME:
+            if (c == ':')
+                w->state = W_VALUE;
+            else if (c == ' ' || c == '\t')
+                return wire_fail(w, "white space before the colon", i);
+            else if (!is_tchar(c))
+                return wire_fail(w, c == '\n' ? "bare LF" : "invalid header name", i);
+            break;
+        case W_VALUE:
+            if (c == '\r')
+                w->state = W_VALUE_LF;
+            else if (!is_value_char(c))
+                return wire_fail(w, c == '\n' ? "bare LF" : "invalid header value", i);
+            break;
+        case W_END_LF:
+            if (c != '\n')
+                return wire_fail(w, "bare CR", i);
+            w->state = w->trailers ? W_MSG_END : W_HEAD_END;
+            return i + 1;
+        case W_HEAD_END:
+        case W_MSG_END:
+            return i;                   /* the caller decides what follows */
+        case W_CH_HEAD_LF:
+            if (c != '\n')
+                return wire_fail(w, "bare CR", i);
+            w->state = W_CH_SIZE_START;
+            w->line = 0;
+            break;
+        case W_CH_SIZE_START: {
+            int v = hex_val(c);
+            if (v < 0)
+                return wire_fail(w, "invalid chunk size", i);
+            w->chunk_left = (uint64_t)v;
+            w->count = v ? 1 : 0;       /* significant digits */
+            w->state = W_CH_SIZE;
+            break;
+        }
+        case W_CH_SIZE: {
+            int v = hex_val(c);
+            if (v >= 0) {
+                if (w->count || v)
+                    w->count++;
+                if (w->count > 15)      /* http-parser's limit is 2^64-2 */
+                    return wire_fail(w, "chunk size too large", i);
+                w->chunk_left = w->chunk_left * 16 + (uint64_t)v;
+            } else if (c == ';') {
+                w->state = W_CH_EXT_NAME_START;
+            } else if (c == ' ' || c == '\t') {
+                w->state = W_CH_BWS_SEMI;
+            } else if (c == '\r') {
+                w->state = W_CH_SIZE_LF;
+            } else {
+                return wire_fail(w, "invalid chunk size", i);
+            }
+            break;
+        }
+        case W_CH_BWS_SEMI:
+            if (c == ';')
+                w->state = W_CH_EXT_NAME_START;
+            else if (c != ' ' && c != '\t')
+                return wire_fail(w, "invalid chunk extension", i);
+            break;
+        case W_CH_EXT_NAME_START:
+            if (is_tchar(c))
+                w->state = W_CH_EXT_NAME;
+            else if (c != ' ' && c != '\t')
+                return wire_fail(w, "invalid chunk extension", i);
+            break;
+        case W_CH_EXT_NAME:
+            if (c == '=')
+                w->state = W_CH_EXT_VAL_START;
+            else if (c == ';')
+                w->state = W_CH_EXT_NAME_START;
+            else if (c == ' ' || c == '\t')
+                w->state = W_CH_EXT_AFTER_NAME;
+            else if (c == '\r')
+                w->state = W_CH_SIZE_LF;
+            else if (!is_tchar(c))
+                return wire_fail(w, "invalid chunk extension", i);
+            break;
+        case W_CH_EXT_AFTER_NAME:
+            if (c == '=')
+                w->state = W_CH_EXT_VAL_START;
+            else if (c == ';')
+                w->state = W_CH_EXT_NAME_START;
+            else if (c != ' ' && c != '\t')
+                return wire_fail(w, "invalid chunk extension", i);
+            break;
+        case W_CH_EXT_VAL_START:
+            if (c == '"')
+                w->state = W_CH_EXT_QS;
+            else if (is_tchar(c))
+                w->state = W_CH_EXT_VAL;
+            else if (c != ' ' && c != '\t')
+                return wire_fail(w, "invalid chunk extension", i);
+            break;
+        case W_CH_EXT_VAL:
+        case W_CH_EXT_QS_END:
+            if (c == ';')
+                w->state = W_CH_EXT_NAME_START;
+            else if (c == ' ' || c == '\t')
+                w->state = W_CH_BWS_SEMI;
+            else if (c == '\r')
+                w->state = W_CH_SIZE_LF;
+            else if (w->state == W_CH_EXT_QS_END || !is_tchar(c))
+                return wire_fail(w, "invalid chunk extension", i);
+            break;
+        case W_CH_EXT_QS:
+            /* qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text */
+            if (c == '"')
+                w->state = W_CH_EXT_QS_END;
+            else if (c == '\\')
+                w->state = W_CH_EXT_QS_ESC;
+            else if (!is_value_char(c))
+                return wire_fail(w, "invalid chunk extension", i);
+            break;
+        case W_CH_EXT_QS_ESC:
+            if (!is_value_char(c))
+                return wire_fail(w, "invalid chunk extension", i);
+            w->state = W_CH_EXT_QS;
+            break;
+        case W_CH_SIZE_LF:
+            if (c != '\n')
+                return wire_fail(w, "bare CR", i);
+            if (w->chunk_left == 0) {
+                w->trailers = true;     /* last chunk: trailer section */
+                w->state = W_FIELD_START;
+            } else {
+                w->state = W_CH_DATA;
+            }
+            break;
+        case W_CH_DATA: {
+            size_t take = len - i;
+            if (take > w->chunk_left)
+                take = (size_t)w->chunk_left;
+            w->chunk_left -= take;
+            i += take - 1;              /* take >= 1: chunk_left > 0 here */
+            if (w->chunk_left == 0)
+                w->state = W_CH_DATA_CR;
+            break;
+        }
+        case W_CH_DATA_CR:
+            if (c != '\r')
+                return wire_fail(w, "chunk data not followed by CRLF", i);
+            w->state = W_CH_DATA_LF;
+            break;
+        case W_CH_DATA_LF:
+            if (c != '\n')
+                return wire_fail(w, "chunk data not followed by CRLF", i);
+            w->state = W_CH_SIZE_START;
+            w->line = 0;
+            break;
+        default:
+            return wire_fail(w, "internal: bad wire state", i);
+        }
+    }
+    return len;
+}
+
+int px_wire_end(const struct px_wire *w)
+{
+    return w->state == W_HEAD_END ? 1 : w->state == W_MSG_END ? 2 : 0;
+}
+
+void px_wire_chunked(struct px_wire *w)
+{
+    if (w->state == W_HEAD_END)
+        w->state = W_CH_HEAD_LF;
+}
+
+/* A framing header value: Content-Length is 1*DIGIT (OWS around it). */
+bool px_is_decimal(const char *s, size_t len)
+{
+    while (len && (s[0] == ' ' || s[0] == '\t')) { s++; len--; }
+    while (len && (s[len - 1] == ' ' || s[len - 1] == '\t')) len--;
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}

@@ -82,6 +82,8 @@ struct px_pool {
     struct conf_health_check health_check;  /* path NULL: none; path owned */
     struct conf_outlier outlier;
     uint32_t retries;
+    struct conf_queue queue;
+    atomic_uint queued;         /* requests waiting, all workers */
 };
 
 struct px_route {
@@ -155,6 +157,18 @@ struct px_header {
     uint32_t value_off, value_len;
 };
 
+/* The strict check of a message's raw bytes that runs ahead of http-parser
+ * (px_wire_scan, http.c): head syntax, then chunked framing. All zero is the
+ * start of a message. */
+struct px_wire {
+    uint8_t  state;
+    uint8_t  count;             /* characters matched in the current token */
+    bool     trailers;          /* after the last chunk */
+    uint32_t line;              /* bytes of the current chunk-size line */
+    uint64_t chunk_left;        /* data bytes left in the current chunk */
+    const char *error;          /* why the bytes were refused, or NULL */
+};
+
 /* A request or response head as http-parser delivered it: every string lives
  * in `buf`, referenced by offset because `buf` grows. */
 struct px_head {
@@ -168,6 +182,7 @@ struct px_head {
     bool     in_value;          /* last callback was a header value */
     bool     too_big;           /* limit or header count exceeded */
     uint32_t head_bytes;        /* raw bytes of the head seen so far */
+    struct px_wire wire;        /* raw bytes of the message, checked */
 };
 
 /* ---- per-worker view of a config generation ----------------------------- */
@@ -175,9 +190,14 @@ struct px_head {
 struct px_upstream;
 TAILQ_HEAD(px_upstream_list, px_upstream);
 
+struct px_exchange;
+TAILQ_HEAD(px_waitq, px_exchange);
+
 struct px_gen {
     struct px_runtime *rt;
     void **lb_state;                    /* per pool */
+    struct px_waitq *waitq;             /* per pool: requests waiting for a
+                                           server slot (max_conns) */
     struct px_upstream_list *idle;      /* per server (global_index) */
     unsigned *idle_count;               /* per server */
     unsigned inflight;                  /* exchanges started under rt */
@@ -268,6 +288,10 @@ struct px_exchange {
     bool upgrade;               /* client asked Connection: upgrade */
     bool expect_continue;
 
+    bool queued;                /* in gen->waitq[pool] */
+    uint64_t queued_ns;
+    TAILQ_ENTRY(px_exchange) wait_link;
+
     char *req_out;              /* serialised request head, for a retry */
     size_t req_out_len;
     unsigned retries;
@@ -318,6 +342,7 @@ struct px_worker {
     struct event_base *base;
     struct event notify;        /* activated by the main thread */
     struct event retry_accept;  /* re-enables paused listeners */
+    struct event queue_ev;      /* dispatches waiting requests */
 
     pthread_mutex_t mailbox_lock;
     STAILQ_HEAD(, px_msg) mailbox;      /* protected by mailbox_lock */
@@ -372,6 +397,9 @@ void px_gen_release(struct px_worker *w, struct px_gen *gen);
 void px_client_accept(struct px_worker *w, int fd, const struct sockaddr *sa,
                       socklen_t len);
 void px_client_shutdown_idle(struct px_worker *w);
+/* Give freed server slots to waiting requests; expire those waiting too
+ * long. Runs from w->queue_ev. */
+void px_dispatch_queues(struct px_worker *w);
 void px_client_close_all(struct px_worker *w);
 
 /* ---- backend connections (upstream.c) ---------------------------------- */
@@ -405,6 +433,18 @@ bool px_header_is(const struct px_head *h, const struct px_header *hd,
                   const char *name);
 bool px_is_token(const char *s, size_t len);
 bool px_is_field_value(const char *s, size_t len);
+bool px_is_decimal(const char *s, size_t len);
+/* Check `len` raw bytes of a message before http-parser sees them. Returns
+ * how many may be parsed: all of them, fewer when the head or the chunked
+ * message ends inside (px_wire_end() says which), or up to the first bad
+ * byte (w->error says why). */
+size_t px_wire_scan(struct px_wire *w, const char *data, size_t len,
+                    bool response);
+/* 1: the head ended (its last LF scanned; http-parser leaves that LF
+ * unconsumed); 2: the chunked message ended; 0: neither. */
+int  px_wire_end(const struct px_wire *w);
+/* The head announced a chunked body: check it next. */
+void px_wire_chunked(struct px_wire *w);
 int  px_head_add_url(struct px_head *h, const char *at, size_t len);
 int  px_head_add_reason(struct px_head *h, const char *at, size_t len);
 int  px_head_add_field(struct px_head *h, const char *at, size_t len);

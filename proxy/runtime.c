@@ -62,6 +62,8 @@ static int pool_build(struct px_pool *pool, const struct conf_pool *cp,
     pool->servers = calloc(cp->n_servers, sizeof *pool->servers);
     pool->hash_key = cp->hash_key;
     pool->outlier = cp->outlier;
+    pool->queue = cp->queue;
+    atomic_init(&pool->queued, 0);
     pool->retries = cp->retries;
     pool->health_check = cp->health_check;
     pool->health_check.path = NULL;
@@ -84,6 +86,7 @@ static int pool_build(struct px_pool *pool, const struct conf_pool *cp,
         struct lb_server *lb = &pool->lb_servers[i];
         lb->weight = cp->servers[i].weight;
         lb->backup = cp->servers[i].backup;
+        lb->max_conns = cp->servers[i].max_conns;
         lb->id = s->addr.text;
         atomic_init(&lb->state, LB_SERVER_UP);
         atomic_init(&lb->inflight, 0);

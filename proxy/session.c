@@ -54,6 +54,7 @@ static void session_step(struct px_client *c);
 static int  exchange_fail(struct px_exchange *ex, int status, const char *reason);
 static int  start_backend(struct px_exchange *ex, int exclude);
 static int  upstream_failed(struct px_exchange *ex, int status, const char *reason);
+static void dequeue(struct px_exchange *ex);
 
 uint64_t px_now_ns(void)
 {
@@ -169,6 +170,7 @@ enum feed_result { FEED_MORE, FEED_PAUSED, FEED_ERROR };
 static enum feed_result feed(http_parser *p, const http_parser_settings *s,
                              struct evbuffer *in, size_t *consumed_out)
 {
+    struct px_wire *w = &head_of(p)->wire;
     size_t consumed = 0;
     enum feed_result result = FEED_MORE;
     while (evbuffer_get_length(in) > 0 && result == FEED_MORE) {
@@ -178,15 +180,34 @@ static enum feed_result feed(http_parser *p, const http_parser_settings *s,
             n = 8;
         size_t used = 0;
         for (int i = 0; i < n; i++) {
-            size_t k = http_parser_execute(p, s, v[i].iov_base, v[i].iov_len);
+            /* http-parser is lenient (bare LF, obs-fold, chunk framing): the
+             * strict scanner sees the raw bytes first, and the parser gets
+             * only what passed. Never len 0: that means EOF to the parser. */
+            size_t ok = px_wire_scan(w, v[i].iov_base, v[i].iov_len,
+                                     p->type == HTTP_RESPONSE);
+            size_t k = ok ? http_parser_execute(p, s, v[i].iov_base, ok) : 0;
             used += k;
             enum http_errno e = HTTP_PARSER_ERRNO(p);
             if (e == HPE_PAUSED) {
                 http_parser_pause(p, 0);
+                /* Both must see the head (parser: up to its last LF) or the
+                 * message (through its last LF) end at the same byte. */
+                int end = px_wire_end(w);
+                if (!((end == 1 && ok - k == 1) || (end == 2 && ok == k))) {
+                    w->error = "framing disagreement";
+                    result = FEED_ERROR;
+                    break;
+                }
                 result = FEED_PAUSED;
                 break;
             }
             if (e != HPE_OK) {
+                result = FEED_ERROR;
+                break;
+            }
+            if (w->error || ok < v[i].iov_len || px_wire_end(w)) {
+                if (!w->error)
+                    w->error = "framing disagreement";
                 result = FEED_ERROR;
                 break;
             }
@@ -197,6 +218,13 @@ static enum feed_result feed(http_parser *p, const http_parser_settings *s,
     if (consumed_out)
         *consumed_out = consumed;
     return result;
+}
+
+/* Why feed() failed: the strict scanner's reason, else http-parser's. */
+static const char *feed_error(http_parser *p)
+{
+    const struct px_wire *w = &head_of(p)->wire;
+    return w->error ? w->error : http_errno_description(HTTP_PARSER_ERRNO(p));
 }
 
 /* The head ended and its parser will not be resumed: take the LF it left. */
@@ -365,6 +393,8 @@ static void client_free(struct px_client *c)
 
 static void exchange_free(struct px_exchange *ex)
 {
+    if (ex->queued)
+        dequeue(ex);
     atomic_fetch_sub_explicit(&ex->client->worker->proxy->gauges.inflight, 1,
                               memory_order_relaxed);
     px_head_free(&ex->req);
@@ -383,6 +413,9 @@ static void detach_upstream(struct px_exchange *ex, bool reusable)
                               1, memory_order_relaxed);
     ex->up = NULL;
     px_upstream_release(up, ex->gen, reusable);
+    /* A slot came free: let waiting requests look, after this event. */
+    if (atomic_load_explicit(&ex->pool->queued, memory_order_relaxed))
+        event_active(&ex->client->worker->queue_ev, EV_TIMEOUT, 0);
 }
 
 /* The one place an exchange is reported: access log and telemetry. */
@@ -599,22 +632,26 @@ static void add_header(struct evbuffer *b, const struct px_head *h,
     evbuffer_add(b, "\r\n", 2);
 }
 
-/* Check what http-parser lets through but a proxy must not: names with
- * spaces ("Content-Length : 5"), control characters in values, a second
- * Host, transfer codings other than a single chunked. Returns NULL when the
- * head is fine, else the reason. */
-static const char *check_request_head(struct px_exchange *ex)
+/*
+ * The framing headers, which the proxy and the server behind or in front of
+ * it must read the same way, or a message ends where one of them does not
+ * expect it (request smuggling, response splitting): at most one
+ * Transfer-Encoding field and it says exactly "chunked"; at most one
+ * Content-Length field (two identical ones are refused too, RFC 9112 6.3
+ * allows either) holding a plain decimal; never both. Names must be tokens
+ * and values free of control characters; px_wire_scan() holds the raw bytes
+ * to that already, this checks what the parser handed over. Returns NULL
+ * when the head is fine, else the reason.
+ */
+static const char *check_framing(const struct px_head *h)
 {
-    const struct px_head *h = &ex->req;
-    unsigned hosts = 0;
+    unsigned te = 0, cl = 0;
     for (unsigned i = 0; i < h->n_hdr; i++) {
         const struct px_header *hd = &h->hdr[i];
         if (!px_is_token(h->buf + hd->name_off, hd->name_len))
             return "invalid header name";
         if (!px_is_field_value(h->buf + hd->value_off, hd->value_len))
             return "invalid header value";
-        if (px_header_is(h, hd, "host"))
-            hosts++;
         if (px_header_is(h, hd, "transfer-encoding")) {
             const char *v = h->buf + hd->value_off;
             uint32_t n = hd->value_len;
@@ -622,14 +659,48 @@ static const char *check_request_head(struct px_exchange *ex)
             while (n && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
             if (n != 7 || strncasecmp(v, "chunked", 7) != 0)
                 return "unsupported transfer-encoding";
+            te++;
+        } else if (px_header_is(h, hd, "content-length")) {
+            if (!px_is_decimal(h->buf + hd->value_off, hd->value_len))
+                return "invalid content-length";
+            cl++;
         }
     }
+    if (te > 1)
+        return "more than one transfer-encoding";
+    if (cl > 1)
+        return "more than one content-length";
+    if (te && cl)
+        return "both content-length and transfer-encoding";
+    return NULL;
+}
+
+/* Check what http-parser lets through but a proxy must not (see also
+ * px_wire_scan and check_framing): a second Host, a missing one in
+ * HTTP/1.1, versions other than 1.0 and 1.1, Transfer-Encoding in HTTP/1.0
+ * (a 1.0 server may ignore it and read the body as the next request, RFC
+ * 9112 6.1). Returns NULL when the head is fine, else the reason. */
+static const char *check_request_head(struct px_exchange *ex)
+{
+    const struct px_head *h = &ex->req;
+    const char *bad = check_framing(h);
+    if (bad)
+        return bad;
+    unsigned hosts = 0;
+    uint32_t len;
+    for (unsigned i = 0; i < h->n_hdr; i++)
+        if (px_header_is(h, &h->hdr[i], "host"))
+            hosts++;
     if (hosts > 1)
         return "duplicate host header";
+    if (ex->req_parser.http_major == 0)
+        return "HTTP/0.9 request (no version)";
     if (ex->req_parser.http_major != 1 || ex->req_parser.http_minor > 1)
         return "unsupported http version";
     if (ex->req_parser.http_minor == 1 && hosts == 0)
         return "missing host header";
+    if (ex->req_parser.http_minor == 0 && px_head_get(h, "transfer-encoding", &len))
+        return "transfer-encoding in an HTTP/1.0 request";
     if (h->url_len == 0)
         return "empty request target";
     return NULL;
@@ -753,9 +824,10 @@ static int request_head_done(struct px_exchange *ex)
     if (px_head_get(&ex->req, "upgrade", &up_len) && (p->flags & F_CONNECTION_UPGRADE))
         ex->upgrade = true;
 
-    if (p->flags & F_CHUNKED)
+    if (p->flags & F_CHUNKED) {
         ex->req_body = PX_BODY_CHUNKED;
-    else if (px_head_get(&ex->req, "content-length", &conn_len)) {
+        px_wire_chunked(&ex->req.wire);     /* chunk framing is checked too */
+    } else if (px_head_get(&ex->req, "content-length", &conn_len)) {
         ex->req_body = p->content_length ? PX_BODY_LENGTH : PX_BODY_NONE;
         ex->req_remaining = p->content_length;
         if (!p->content_length)
@@ -774,14 +846,26 @@ static int request_head_done(struct px_exchange *ex)
     size_t target_len = url_len, abs_host_len = 0;
     char host[256];
     size_t host_len;
+    /* A request target never holds a fragment (RFC 9112 3.2): servers
+     * differ on what '#' means there. px_wire_scan() let only visible
+     * ASCII through. */
+    if (memchr(url, '#', url_len))
+        return exchange_fail(ex, 400, "invalid request target");
     if (url[0] != '/') {
         if (url_len == 1 && url[0] == '*' && p->method == HTTP_OPTIONS) {
             /* server-wide OPTIONS */
         } else {
+            /* Otherwise only absolute-form: an http(s) URI with a host and
+             * no userinfo (RFC 9110 4.2.4: treat it as an error). */
             struct http_parser_url u;
             http_parser_url_init(&u);
             if (http_parser_parse_url(url, url_len, 0, &u) != 0 ||
-                !(u.field_set & (1 << UF_HOST)) || !(u.field_set & (1 << UF_SCHEMA)))
+                !(u.field_set & (1 << UF_HOST)) || !(u.field_set & (1 << UF_SCHEMA)) ||
+                (u.field_set & (1 << UF_USERINFO)) ||
+                !((u.field_data[UF_SCHEMA].len == 4 &&
+                   strncasecmp(url + u.field_data[UF_SCHEMA].off, "http", 4) == 0) ||
+                  (u.field_data[UF_SCHEMA].len == 5 &&
+                   strncasecmp(url + u.field_data[UF_SCHEMA].off, "https", 5) == 0)))
                 return exchange_fail(ex, 400, "invalid request target");
             abs_host = url + u.field_data[UF_HOST].off;
             abs_host_len = u.field_data[UF_HOST].len;
@@ -822,6 +906,88 @@ static int request_head_done(struct px_exchange *ex)
     return start_backend(ex, -1);
 }
 
+enum { PICK_NONE = -1, PICK_FULL = -2 };
+
+/*
+ * Pick a server and take one of its slots (inflight). The slot is taken by
+ * an atomic increment that is undone if it overshot max_conns, so the limit
+ * holds exactly across workers. Returns the server index, PICK_FULL when
+ * every usable server is at max_conns (the request may wait), or PICK_NONE
+ * when no server is up at all.
+ */
+static int reserve_server(struct px_pool *pool, void *lb_state,
+                          struct lb_request *req)
+{
+    for (size_t attempt = 0; attempt <= pool->n_servers; attempt++) {
+        int idx = lb_pick(&pool->lb, lb_state, req);
+        if (idx < 0 && req->exclude >= 0) {
+            req->exclude = -1;
+            idx = lb_pick(&pool->lb, lb_state, req);
+        }
+        if (idx < 0 && req->now_ms != UINT64_MAX) {
+            /* Every up server is ejected: trying one beats refusing them
+             * all (nginx does the same when all peers have failed). */
+            uint64_t now = req->now_ms;
+            req->now_ms = UINT64_MAX;
+            idx = lb_pick(&pool->lb, lb_state, req);
+            req->now_ms = now;
+        }
+        if (idx < 0) {
+            req->ignore_full = true;
+            bool full = lb_pick(&pool->lb, lb_state, req) >= 0;
+            req->ignore_full = false;
+            return full ? PICK_FULL : PICK_NONE;
+        }
+        struct lb_server *s = &pool->lb_servers[idx];
+        unsigned before = atomic_fetch_add_explicit(&s->inflight, 1,
+                                                    memory_order_relaxed);
+        if (!s->max_conns || before < s->max_conns)
+            return idx;
+        atomic_fetch_sub_explicit(&s->inflight, 1, memory_order_relaxed);
+    }
+    return PICK_FULL;
+}
+
+static size_t pool_index_of(const struct px_exchange *ex)
+{
+    return (size_t)(ex->pool - ex->gen->rt->pools);
+}
+
+/* Wait for a slot, at the end of this worker's queue for the pool (the
+ * bound counts every worker's waiters). Returns -1 if the client is gone. */
+static int enqueue(struct px_exchange *ex)
+{
+    struct px_pool *pool = ex->pool;
+    unsigned before = atomic_fetch_add_explicit(&pool->queued, 1, memory_order_relaxed);
+    if (before >= pool->queue.size) {
+        atomic_fetch_sub_explicit(&pool->queued, 1, memory_order_relaxed);
+        return exchange_fail(ex, 503, "queue full");
+    }
+    /* A request that already waited and still finds no slot goes back to
+     * the head, keeping its place and its waiting time. */
+    if (ex->queued_ns) {
+        TAILQ_INSERT_HEAD(&ex->gen->waitq[pool_index_of(ex)], ex, wait_link);
+    } else {
+        TAILQ_INSERT_TAIL(&ex->gen->waitq[pool_index_of(ex)], ex, wait_link);
+        ex->queued_ns = px_now_ns();
+    }
+    ex->queued = true;
+    ex->phase = PX_PHASE_CONNECT;
+    struct px_worker *w = ex->client->worker;
+    if (!evtimer_pending(&w->queue_ev, NULL)) {
+        struct timeval tick = { 0, 5000 };
+        evtimer_add(&w->queue_ev, &tick);
+    }
+    return 0;
+}
+
+static void dequeue(struct px_exchange *ex)
+{
+    TAILQ_REMOVE(&ex->gen->waitq[pool_index_of(ex)], ex, wait_link);
+    atomic_fetch_sub_explicit(&ex->pool->queued, 1, memory_order_relaxed);
+    ex->queued = false;
+}
+
 /* Pick a server (avoiding `exclude`), get a connection to it and queue the
  * request head. Returns -1 if the client is gone. */
 static int start_backend(struct px_exchange *ex, int exclude)
@@ -857,25 +1023,19 @@ static int start_backend(struct px_exchange *ex, int exclude)
     }
     }
     req.now_ms = px_now_ns() / 1000000u;
-    int idx = lb_pick(&pool->lb, gen->lb_state[pool_index], &req);
-    if (idx < 0 && exclude >= 0) {
-        req.exclude = -1;
-        idx = lb_pick(&pool->lb, gen->lb_state[pool_index], &req);
-    }
-    if (idx < 0) {
-        /* Every up server is ejected: trying one beats refusing them all
-         * (nginx does the same when all peers have failed). */
-        req.now_ms = UINT64_MAX;
-        idx = lb_pick(&pool->lb, gen->lb_state[pool_index], &req);
-    }
-    if (idx < 0)
+    int idx = reserve_server(pool, gen->lb_state[pool_index], &req);
+    if (idx == PICK_NONE)
         return exchange_fail(ex, 503, "no server available");
+    if (idx == PICK_FULL)
+        return enqueue(ex);
     ex->server = &pool->servers[idx];
     bool reused;
     struct px_upstream *up = px_upstream_get(ex->client->worker, gen, ex->server, &reused);
-    if (!up)
+    if (!up) {
+        atomic_fetch_sub_explicit(&pool->lb_servers[idx].inflight, 1,
+                                  memory_order_relaxed);
         return exchange_fail(ex, 502, "cannot create backend socket");
-    atomic_fetch_add_explicit(&pool->lb_servers[idx].inflight, 1, memory_order_relaxed);
+    }
     up->ex = ex;
     ex->up = up;
     if (!reused) {
@@ -948,7 +1108,10 @@ static int upstream_failed(struct px_exchange *ex, int status, const char *reaso
     bool body_touched = ex->req_body != PX_BODY_NONE &&
                         (ex->req_body != PX_BODY_LENGTH ||
                          ex->req_remaining != ex->req_parser.content_length);
-    bool stale = up && up->reused && evbuffer_get_length(up->conn.in) == 0;
+    /* Stale: the kept-alive connection died before a byte of an answer
+     * came; a server that began to answer has seen the request. */
+    bool stale = up && up->reused && evbuffer_get_length(up->conn.in) == 0 &&
+                 ex->resp.head_bytes == 0 && !ex->t_first_byte_ns;
     /* A request the server may have acted on is sent again only when its
      * method is idempotent (a proxy must not retry others, RFC 7230 6.3.1);
      * a failed connect reached no server. */
@@ -981,12 +1144,11 @@ static int response_head_done(struct px_exchange *ex)
     http_parser *p = &ex->resp_parser;
     const struct px_head *h = &ex->resp;
     int status = p->status_code;
-    for (unsigned i = 0; i < h->n_hdr; i++) {
-        const struct px_header *hd = &h->hdr[i];
-        if (!px_is_token(h->buf + hd->name_off, hd->name_len) ||
-            !px_is_field_value(h->buf + hd->value_off, hd->value_len))
-            return upstream_failed(ex, 502, "invalid response header");
-    }
+    /* The same framing rules as for requests: an answer the proxy could
+     * read differently from the server gets 502, and the connection goes. */
+    const char *bad = check_framing(h);
+    if (bad)
+        return upstream_failed(ex, 502, bad);
     if (p->http_major != 1 || status < 100 || status > 999)
         return upstream_failed(ex, 502, "invalid response");
     if (!ex->t_first_byte_ns)
@@ -1023,6 +1185,8 @@ static int response_head_done(struct px_exchange *ex)
     }
     if (ex->resp_body != PX_BODY_CHUNKED || interim || status == 101)
         drop_head_lf(ex->up->conn.in);
+    else
+        px_wire_chunked(&ex->resp.wire);    /* chunk framing is checked too */
     if (interim && ex->client_http10) {
         /* HTTP/1.0 clients do not expect interim answers. */
         px_head_reset(&ex->resp);
@@ -1132,7 +1296,7 @@ static int pump_request_body(struct px_exchange *ex)
         if (below_watermark(up->conn.out) &&
             feed(&ex->req_parser, &px_request_settings, c->conn.in, NULL)
                 == FEED_ERROR)
-            return exchange_fail(ex, 400, "invalid chunked body");
+            return exchange_fail(ex, 400, feed_error(&ex->req_parser));
     }
     return 0;
 }
@@ -1152,7 +1316,8 @@ static int pump_response(struct px_exchange *ex)
         ex->resp.head_bytes += (uint32_t)used;
         if (r == FEED_ERROR)
             return upstream_failed(ex, 502, ex->resp.too_big
-                                   ? "response head too large" : "invalid response");
+                                   ? "response head too large"
+                                   : feed_error(&ex->resp_parser));
         if (r == FEED_MORE)
             break;
         if (response_head_done(ex) < 0)
@@ -1175,7 +1340,7 @@ static int pump_response(struct px_exchange *ex)
         if (feed(&ex->resp_parser, &px_response_settings, up->conn.in, NULL)
                 == FEED_ERROR) {
             ex->bytes_out += evbuffer_get_length(c->conn.out) - before;
-            client_abort(c, "invalid chunked response");
+            client_abort(c, feed_error(&ex->resp_parser));
             return -1;
         }
         break;
@@ -1369,7 +1534,7 @@ static void session_step(struct px_client *c)
                 bool big = ex->req.too_big || e == HPE_HEADER_OVERFLOW;
                 if (exchange_fail(ex, big ? 431 : 400,
                                   big ? "request head too large"
-                                      : http_errno_description(e)) < 0)
+                                      : feed_error(&ex->req_parser)) < 0)
                     return;
                 continue;
             }
@@ -1576,6 +1741,51 @@ static void upstream_write_cb(evutil_socket_t fd, short what, void *arg)
     if (c->ex == ex && ex->up == up && evbuffer_get_length(up->conn.out) == 0)
         px_conn_want_write(&up->conn, false, 0);
     session_step(c);
+}
+
+/* ---- waiting for a slot ------------------------------------------------- */
+
+static bool dispatch_waitq(struct px_gen *gen, size_t p, uint64_t now)
+{
+    struct px_waitq *q = &gen->waitq[p];
+    struct px_exchange *ex;
+    while ((ex = TAILQ_FIRST(q))) {
+        struct px_client *c = ex->client;
+        struct px_pool *pool = ex->pool;
+        if (now - ex->queued_ns >= (uint64_t)pool->queue.timeout * 1000000u) {
+            dequeue(ex);
+            if (exchange_fail(ex, 503, "queue timeout") == 0)
+                session_step(c);
+            continue;
+        }
+        /* Slots free anywhere (any worker) are visible through the atomics;
+         * strict order: only the head may take one. */
+        dequeue(ex);
+        if (start_backend(ex, -1) < 0)
+            continue;
+        if (c->ex != ex)
+            continue;
+        if (ex->queued)
+            return true;        /* still full: it is back at the head */
+        session_step(c);
+    }
+    return false;
+}
+
+void px_dispatch_queues(struct px_worker *w)
+{
+    uint64_t now = px_now_ns();
+    bool waiting = false;
+    struct px_gen *gen = w->gen;
+    for (size_t p = 0; p < gen->rt->n_pools; p++)
+        waiting |= dispatch_waitq(gen, p, now);
+    LIST_FOREACH(gen, &w->old_gens, link)
+        for (size_t p = 0; p < gen->rt->n_pools; p++)
+            waiting |= dispatch_waitq(gen, p, now);
+    if (waiting && !evtimer_pending(&w->queue_ev, NULL)) {
+        struct timeval tick = { 0, 5000 };
+        evtimer_add(&w->queue_ev, &tick);
+    }
 }
 
 /* ---- worker-wide ---------------------------------------------------------- */

@@ -44,8 +44,11 @@ static struct px_gen *gen_new(struct px_worker *w, struct px_runtime *rt)
     gen->lb_state = calloc(rt->n_pools ? rt->n_pools : 1, sizeof *gen->lb_state);
     gen->idle = calloc(n_servers, sizeof *gen->idle);
     gen->idle_count = calloc(n_servers, sizeof *gen->idle_count);
-    if (!gen->lb_state || !gen->idle || !gen->idle_count)
+    gen->waitq = calloc(rt->n_pools ? rt->n_pools : 1, sizeof *gen->waitq);
+    if (!gen->lb_state || !gen->idle || !gen->idle_count || !gen->waitq)
         goto fail;
+    for (size_t p = 0; p < rt->n_pools; p++)
+        TAILQ_INIT(&gen->waitq[p]);
     for (size_t i = 0; i < n_servers; i++)
         TAILQ_INIT(&gen->idle[i]);
     for (size_t p = 0; p < rt->n_pools; p++) {
@@ -58,6 +61,7 @@ fail:
     free(gen->lb_state);
     free(gen->idle);
     free(gen->idle_count);
+    free(gen->waitq);
     free(gen);
     return NULL;
 }
@@ -73,6 +77,7 @@ static void gen_free(struct px_gen *gen)
     free(gen->lb_state);
     free(gen->idle);
     free(gen->idle_count);
+    free(gen->waitq);
     px_runtime_unref(gen->rt);
     free(gen);
 }
@@ -288,6 +293,11 @@ static void notify_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the thread ---------------------------------------------------------- */
 
+static void queue_cb(evutil_socket_t fd, short what, void *arg)
+{
+    px_dispatch_queues(arg);
+}
+
 /* Called on the main thread before the thread starts. */
 int px_worker_init(struct px_worker *w, struct proxy *proxy, unsigned id)
 {
@@ -314,6 +324,7 @@ int px_worker_init(struct px_worker *w, struct proxy *proxy, unsigned id)
     event_assign(&w->notify, w->base, efd, EV_READ | EV_PERSIST, notify_cb, w);
     event_add(&w->notify, NULL);
     evtimer_assign(&w->retry_accept, w->base, retry_accept_cb, w);
+    evtimer_assign(&w->queue_ev, w->base, queue_cb, w);
     return 0;
 }
 
@@ -364,6 +375,7 @@ void px_worker_destroy(struct px_worker *w)
         int efd = event_get_fd(&w->notify);
         event_del(&w->notify);
         event_del(&w->retry_accept);
+        event_del(&w->queue_ev);
         close(efd);
         event_base_free(w->base);
         w->base = NULL;

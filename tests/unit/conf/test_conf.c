@@ -993,6 +993,23 @@ static void conf_health_check_keys(void)
                  "from 1 to 100, got \"0\"");
 }
 
+/* max_conns per server, queue per pool. */
+static void conf_queue_keys(void)
+{
+    struct conf *c = load(BASE_LISTEN BASE_POOL);
+    CHECK(c && c->pools[0].servers[0].max_conns == 0);
+    CHECK(c && c->pools[0].queue.size == 1024 && c->pools[0].queue.timeout == 5000);
+    conf_free(c);
+    c = load(BASE_LISTEN "pools:\n  web:\n    queue: {size: 0, timeout: 250ms}\n"
+             "    servers:\n      - {address: 127.0.0.1:9001, max_conns: 7}\n");
+    CHECKF(c && c->pools[0].servers[0].max_conns == 7 && c->pools[0].queue.size == 0 &&
+           c->pools[0].queue.timeout == 250, "%.200s", err);
+    conf_free(c);
+    EXPECT_ERROR(BASE_LISTEN "pools:\n  web:\n    queue: {siz: 3}\n"
+                 "    servers: [127.0.0.1:9001]\n",
+                 "t.yaml:5:13: pools.web.queue.siz: unknown key");
+}
+
 int main(void)
 {
     RUN(conf_full_file);
@@ -1025,5 +1042,6 @@ int main(void)
     RUN(conf_telemetry_keys);
     RUN(conf_dashboard_keys);
     RUN(conf_health_check_keys);
+    RUN(conf_queue_keys);
     return check_done();
 }
