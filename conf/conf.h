@@ -105,6 +105,9 @@ struct conf_pool {
     struct conf_outlier outlier;
     uint32_t retries;               /* other servers tried after a failed
                                        connect; default 2 */
+    uint32_t retry_budget;          /* retries as % of requests; default 20 */
+    uint32_t slow_start;            /* ms a server that comes back takes to
+                                       reach its full share; 0 = off */
     enum conf_balance  balance;
     enum conf_hash_key hash_key;
     char *hash_name;            /* header or cookie name; NULL otherwise */

@@ -78,8 +78,23 @@ bool lb_server_usable(const struct lb_pool *pool, size_t index,
     if (s->max_conns && !req->ignore_full &&
         atomic_load_explicit(&s->inflight, memory_order_relaxed) >= s->max_conns)
         return false;
-    return req->now_ms == UINT64_MAX ||
-           atomic_load_explicit(&s->ejected_until_ms, memory_order_relaxed) <= req->now_ms;
+    if (req->now_ms == UINT64_MAX)
+        return true;
+    if (atomic_load_explicit(&s->ejected_until_ms, memory_order_relaxed) > req->now_ms)
+        return false;
+    /* Slow start, for every algorithm alike: a ramping server is a
+     * candidate in a fraction of picks growing linearly to all of them, so
+     * its share of traffic grows the same way. */
+    if (s->slow_start_ms) {
+        uint64_t start = atomic_load_explicit(&s->ramp_start_ms, memory_order_relaxed);
+        if (start && req->now_ms < start + s->slow_start_ms) {
+            uint64_t into = req->now_ms > start ? req->now_ms - start : 0;
+            uint64_t share = (into * 65536u) / s->slow_start_ms;
+            if ((req->random & 0xffffu) >= share + 1)
+                return false;
+        }
+    }
+    return true;
 }
 
 int lb_pick(const struct lb_pool *pool, void *worker_state,

@@ -50,6 +50,10 @@ struct lb_server {
     atomic_uint consecutive_failures;
     atomic_uint ejections;      /* in a row, for the growing back-off */
     _Atomic uint64_t ejected_until_ms;  /* monotonic ms; 0 = not ejected */
+    /* Slow start: for slow_start_ms after ramp_start_ms (monotonic), the
+     * server takes a growing share of the picks it would otherwise get. */
+    uint32_t slow_start_ms;             /* 0 = off */
+    _Atomic uint64_t ramp_start_ms;
 };
 
 /* What the caller knows of the request, for algorithms that need it. */
@@ -60,6 +64,7 @@ struct lb_request {
     uint64_t    now_ms;         /* monotonic ms, to skip ejected servers;
                                    UINT64_MAX = ignore ejections */
     bool        ignore_full;    /* count servers at max_conns as usable */
+    uint32_t    random;         /* uniform per pick, for slow start */
 };
 
 struct lb_pool;

@@ -62,6 +62,9 @@ static void set_state(struct health_target *t, int state, const char *why)
     int old = atomic_exchange_explicit(&t->lb->state, state, memory_order_relaxed);
     if (old == state)
         return;
+    if (state == LB_SERVER_UP)
+        atomic_store_explicit(&t->lb->ramp_start_ms, px_now_ns() / 1000000u,
+                              memory_order_relaxed);
     sb_log(state == LB_SERVER_UP ? SB_LOG_INFO : SB_LOG_WARN,
            "pool %s server %s is %s (%s)", t->pool->name, t->server->addr.text,
            state == LB_SERVER_UP ? "UP" : "DOWN", why);

@@ -84,6 +84,7 @@ struct px_pool {
     uint32_t retries;
     struct conf_queue queue;
     atomic_uint queued;         /* requests waiting, all workers */
+    uint32_t retry_budget;      /* percent */
 };
 
 struct px_route {
@@ -201,6 +202,9 @@ struct px_gen {
     struct px_upstream_list *idle;      /* per server (global_index) */
     unsigned *idle_count;               /* per server */
     unsigned inflight;                  /* exchanges started under rt */
+    /* Retry budget per pool, this worker's share: each request adds
+     * retry_budget/100 of a token, each retry spends one. */
+    double *retry_tokens;
     LIST_ENTRY(px_gen) link;
 };
 
@@ -354,6 +358,7 @@ struct px_worker {
     unsigned n_clients;
     bool draining;
     uint64_t rng_seed;
+    uint64_t rng;               /* xorshift state for per-pick randomness */
     struct tm_ring *ring;       /* telemetry; NULL when off. Owned by proxy */
     bool joined;                /* main thread: the thread has been joined */
 };

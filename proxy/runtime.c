@@ -65,6 +65,7 @@ static int pool_build(struct px_pool *pool, const struct conf_pool *cp,
     pool->queue = cp->queue;
     atomic_init(&pool->queued, 0);
     pool->retries = cp->retries;
+    pool->retry_budget = cp->retry_budget;
     pool->health_check = cp->health_check;
     pool->health_check.path = NULL;
     if (cp->health_check.path &&
@@ -87,6 +88,7 @@ static int pool_build(struct px_pool *pool, const struct conf_pool *cp,
         lb->weight = cp->servers[i].weight;
         lb->backup = cp->servers[i].backup;
         lb->max_conns = cp->servers[i].max_conns;
+        lb->slow_start_ms = cp->slow_start;
         lb->id = s->addr.text;
         atomic_init(&lb->state, LB_SERVER_UP);
         atomic_init(&lb->inflight, 0);

@@ -1023,6 +1023,17 @@ static int start_backend(struct px_exchange *ex, int exclude)
     }
     }
     req.now_ms = px_now_ns() / 1000000u;
+    struct px_worker *w = ex->client->worker;
+    w->rng ^= w->rng << 13;
+    w->rng ^= w->rng >> 7;
+    w->rng ^= w->rng << 17;
+    req.random = (uint32_t)(w->rng >> 32);
+    if (exclude < 0 && !ex->retries && !ex->queued_ns) {
+        double *tokens = &gen->retry_tokens[pool_index];
+        *tokens += pool->retry_budget / 100.0;
+        if (*tokens > 1000)
+            *tokens = 1000;
+    }
     int idx = reserve_server(pool, gen->lb_state[pool_index], &req);
     if (idx == PICK_NONE)
         return exchange_fail(ex, 503, "no server available");
@@ -1082,8 +1093,9 @@ static void note_failure(struct px_exchange *ex, const char *reason)
         ms *= 2;
     if (ms > o->max_ejection_time)
         ms = o->max_ejection_time;
-    atomic_store_explicit(&s->ejected_until_ms, px_now_ns() / 1000000u + ms,
-                          memory_order_relaxed);
+    uint64_t until = px_now_ns() / 1000000u + ms;
+    atomic_store_explicit(&s->ejected_until_ms, until, memory_order_relaxed);
+    atomic_store_explicit(&s->ramp_start_ms, until, memory_order_relaxed);
     atomic_store_explicit(&s->consecutive_failures, 0, memory_order_relaxed);
     sb_log(SB_LOG_WARN, "pool %s server %s ejected for %llu ms after %u "
            "consecutive failures (last: %s)", ex->pool->name,
@@ -1121,13 +1133,19 @@ static int upstream_failed(struct px_exchange *ex, int status, const char *reaso
     bool unsent = up && !up->connected;
     if (!stale)
         note_failure(ex, reason);
-    bool can_retry = !ex->resp_started && !body_touched &&
+    /* A retry spends a token of the pool's budget (stale keep-alive
+     * connections excepted: resending on them is not a new attempt). */
+    double *tokens = &ex->gen->retry_tokens[pool_index_of(ex)];
+    bool budget = stale || *tokens >= 1;
+    bool can_retry = !ex->resp_started && !body_touched && budget &&
                      ex->retries < (stale ? 2 : ex->pool->retries) &&
                      !ex->upgrade &&
                      (stale || (status == 502 && (idempotent || unsent)));
     if (!can_retry)
         return exchange_fail(ex, status, reason);
     int exclude = stale ? -1 : (int)ex->server->index;
+    if (!stale)
+        *tokens -= 1;
     ex->retries++;
     detach_upstream(ex, false);
     if (!stale)

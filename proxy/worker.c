@@ -45,8 +45,13 @@ static struct px_gen *gen_new(struct px_worker *w, struct px_runtime *rt)
     gen->idle = calloc(n_servers, sizeof *gen->idle);
     gen->idle_count = calloc(n_servers, sizeof *gen->idle_count);
     gen->waitq = calloc(rt->n_pools ? rt->n_pools : 1, sizeof *gen->waitq);
-    if (!gen->lb_state || !gen->idle || !gen->idle_count || !gen->waitq)
+    gen->retry_tokens = calloc(rt->n_pools ? rt->n_pools : 1, sizeof *gen->retry_tokens);
+    if (!gen->lb_state || !gen->idle || !gen->idle_count || !gen->waitq ||
+        !gen->retry_tokens)
         goto fail;
+    /* A quiet pool may still retry a few times before its budget builds. */
+    for (size_t p = 0; p < rt->n_pools; p++)
+        gen->retry_tokens[p] = 10;
     for (size_t p = 0; p < rt->n_pools; p++)
         TAILQ_INIT(&gen->waitq[p]);
     for (size_t i = 0; i < n_servers; i++)
@@ -62,6 +67,7 @@ fail:
     free(gen->idle);
     free(gen->idle_count);
     free(gen->waitq);
+    free(gen->retry_tokens);
     free(gen);
     return NULL;
 }
@@ -78,6 +84,7 @@ static void gen_free(struct px_gen *gen)
     free(gen->idle);
     free(gen->idle_count);
     free(gen->waitq);
+    free(gen->retry_tokens);
     px_runtime_unref(gen->rt);
     free(gen);
 }
@@ -310,6 +317,7 @@ int px_worker_init(struct px_worker *w, struct proxy *proxy, unsigned id)
     TAILQ_INIT(&w->clients);
     w->rng_seed = ((uint64_t)getpid() << 32) ^ ((uint64_t)id * 0x9e3779b97f4a7c15u) ^
                   px_now_ns();
+    w->rng = w->rng_seed | 1;
     struct event_config *cfg = event_config_new();
     if (!cfg)
         return -1;

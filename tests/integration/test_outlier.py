@@ -89,3 +89,44 @@ def test_all_ejected_still_tries():
     # Ejected for 5 s, but it is the only server: it is tried, and answers.
     got = _get(port, 3)
     assert all(st == 200 and bid == "a2" for st, bid in got), got
+
+
+def test_retry_budget_stops_retry_storms():
+    a, b = Backend("a"), Backend("b")
+    port = free_port()
+    text = _config(port, [a.addr, b.addr], failures=0, retries=2).replace(
+        "    retries: 2\n", "    retries: 2\n    retry_budget: 20\n")
+    sb = Switchboard(text, wait_ports=[port])
+    a.kill()
+    b.kill()
+    n = 200
+    statuses = [st for st, _ in _get(port, n)]
+    assert all(st == 502 for st in statuses), set(statuses)
+    retries = sb.stderr_text().count("retrying")
+    # 10 tokens to start with, then 0.2 per request: about 50, not 400.
+    print("# retry budget: %d requests, %d retries" % (n, retries))
+    assert 30 <= retries <= 70, retries
+
+
+def test_slow_start_ramps_a_returning_server():
+    a, b = Backend("a"), Backend("b")
+    port = free_port()
+    text = (_config(port, [a.addr, b.addr], failures=0)
+            .replace("    retries: 2\n", "    retries: 2\n    slow_start: 3s\n"
+                     "    health_check: {path: /, interval: 100ms, timeout: 50ms,"
+                     " rise: 1, fall: 1}\n"))
+    sb = Switchboard(text, wait_ports=[port])
+    a_port = a.port
+    a.kill()
+    wait_for(lambda: "is DOWN" in sb.stderr_text(), 3, message="not down")
+    Backend("a2", port=a_port)
+    wait_for(lambda: "is UP" in sb.stderr_text(), 3, message="not up")
+    early = [bid for _, bid in _get(port, 200)]
+    time.sleep(3.2)
+    late = [bid for _, bid in _get(port, 200)]
+    early_share = early.count("a2") / len(early)
+    late_share = late.count("a2") / len(late)
+    print("# slow start: share right after coming back %.2f, after 3 s %.2f"
+          % (early_share, late_share))
+    assert early_share < 0.3, early_share
+    assert 0.4 <= late_share <= 0.6, late_share
