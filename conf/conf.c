@@ -572,6 +572,10 @@ static const char *const balance_names[] = {
     NULL,
 };
 
+static const char *const server_state_names[] = {
+    "active", "draining", "disabled", NULL,
+};
+
 static const char *const log_format_names[] = {
     [CONF_LOG_COMBINED] = "combined",
     [CONF_LOG_JSON]     = "json",
@@ -1363,6 +1367,8 @@ static const struct conf_key server_keys[] = {
       .off = offsetof(struct conf_server, backup) },
     { .name = "max_conns", .type = KT_UINT, .def = "0", .min = 0, .max = 1000000,
       .off = offsetof(struct conf_server, max_conns) },
+    { .name = "state", .type = KT_ENUM, .def = "active", .names = server_state_names,
+      .off = offsetof(struct conf_server, state) },
     { .name = NULL },
 };
 

@@ -65,8 +65,17 @@ enum conf_log_format {
     CONF_LOG_JSON,
 };
 
+/* What the operator says of a server (health checks decide up or down only
+ * for active ones). */
+enum conf_server_state {
+    CONF_SERVER_ACTIVE,         /* takes requests while up */
+    CONF_SERVER_DRAINING,       /* finishes what it has, gets nothing new */
+    CONF_SERVER_DISABLED,       /* out of rotation */
+};
+
 struct conf_server {
     struct conf_addr addr;
+    enum conf_server_state state;   /* default active */
     unsigned weight;            /* 1..256, default 1 */
     bool     backup;            /* only used when no primary server can serve */
     unsigned max_conns;         /* requests at once; 0 = no limit */

@@ -57,10 +57,13 @@ struct px_health {
 
 static void probe_start(evutil_socket_t fd, short what, void *arg);
 
+/* Up <-> down only: a server the operator drains or disables stays so. */
 static void set_state(struct health_target *t, int state, const char *why)
 {
-    int old = atomic_exchange_explicit(&t->lb->state, state, memory_order_relaxed);
-    if (old == state)
+    int expected = state == LB_SERVER_UP ? LB_SERVER_DOWN : LB_SERVER_UP;
+    if (!atomic_compare_exchange_strong_explicit(&t->lb->state, &expected, state,
+                                                 memory_order_relaxed,
+                                                 memory_order_relaxed))
         return;
     if (state == LB_SERVER_UP)
         atomic_store_explicit(&t->lb->ramp_start_ms, px_now_ns() / 1000000u,

@@ -619,6 +619,12 @@ int px_wire_end(const struct px_wire *w)
     return w->state == W_HEAD_END ? 1 : w->state == W_MSG_END ? 2 : 0;
 }
 
+/* The request line got past a well-formed method (a token, then SP). */
+bool px_wire_past_method(const struct px_wire *w)
+{
+    return w->state > W_METHOD && w->state <= W_MSG_END;
+}
+
 void px_wire_chunked(struct px_wire *w)
 {
     if (w->state == W_HEAD_END)

@@ -448,6 +448,8 @@ size_t px_wire_scan(struct px_wire *w, const char *data, size_t len,
 /* 1: the head ended (its last LF scanned; http-parser leaves that LF
  * unconsumed); 2: the chunked message ended; 0: neither. */
 int  px_wire_end(const struct px_wire *w);
+/* The request line got past a well-formed method (a token, then SP). */
+bool px_wire_past_method(const struct px_wire *w);
 /* The head announced a chunked body: check it next. */
 void px_wire_chunked(struct px_wire *w);
 int  px_head_add_url(struct px_head *h, const char *at, size_t len);

@@ -90,7 +90,12 @@ static int pool_build(struct px_pool *pool, const struct conf_pool *cp,
         lb->max_conns = cp->servers[i].max_conns;
         lb->slow_start_ms = cp->slow_start;
         lb->id = s->addr.text;
-        atomic_init(&lb->state, LB_SERVER_UP);
+        /* The operator's word first; health checks then move active
+         * servers between up and down. */
+        atomic_init(&lb->state, cp->servers[i].state == CONF_SERVER_DRAINING
+                                ? LB_SERVER_DRAINING
+                                : cp->servers[i].state == CONF_SERVER_DISABLED
+                                ? LB_SERVER_DISABLED : LB_SERVER_UP);
         atomic_init(&lb->inflight, 0);
     }
     if (lb_pool_init(&pool->lb, pool->lb_servers, pool->n_servers,
@@ -113,13 +118,18 @@ static void carry_states(struct px_runtime *rt, const struct px_runtime *prev)
                 old = &prev->pools[q];
         if (!old)
             continue;
-        for (size_t i = 0; i < pool->n_servers; i++)
+        for (size_t i = 0; i < pool->n_servers; i++) {
+            /* Draining or disabled by the new config: that stands. */
+            if (atomic_load(&pool->lb_servers[i].state) != LB_SERVER_UP)
+                continue;
             for (size_t k = 0; k < old->n_servers; k++)
                 if (strcmp(old->servers[k].addr.text, pool->servers[i].addr.text) == 0) {
-                    atomic_store(&pool->lb_servers[i].state,
-                                 atomic_load(&old->lb_servers[k].state));
+                    /* Only what health checks found carries over. */
+                    if (atomic_load(&old->lb_servers[k].state) == LB_SERVER_DOWN)
+                        atomic_store(&pool->lb_servers[i].state, LB_SERVER_DOWN);
                     break;
                 }
+        }
     }
 }
 

@@ -1550,6 +1550,13 @@ static void session_step(struct px_client *c)
             if (r == FEED_ERROR) {
                 enum http_errno e = HTTP_PARSER_ERRNO(&ex->req_parser);
                 bool big = ex->req.too_big || e == HPE_HEADER_OVERFLOW;
+                /* A well-formed method http-parser does not know: 501. */
+                if (!big && e == HPE_INVALID_METHOD && !ex->req.wire.error &&
+                    px_wire_past_method(&ex->req.wire)) {
+                    if (exchange_fail(ex, 501, "method not implemented") < 0)
+                        return;
+                    continue;
+                }
                 if (exchange_fail(ex, big ? 431 : 400,
                                   big ? "request head too large"
                                       : feed_error(&ex->req_parser)) < 0)

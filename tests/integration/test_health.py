@@ -121,3 +121,55 @@ def test_all_down_answers_503():
         r = c.read_response()
     assert r.status == 503, r.status
     assert b"503" in r.body
+
+
+def _state_config(port, a, b, a_state):
+    return (
+        'listen: ["127.0.0.1:%d"]\n'
+        "workers: 2\n"
+        "pools:\n"
+        "  web:\n"
+        "    health_check: {path: /, interval: 200ms, timeout: 100ms}\n"
+        "    servers:\n"
+        '      - {address: "%s", state: %s}\n'
+        '      - "%s"\n'
+        "access_log: off\n"
+        "telemetry: {enabled: false}\n"
+        "dashboard: {enabled: false}\n" % (port, a.addr, a_state, b.addr))
+
+
+def test_draining_by_reload_finishes_inflight():
+    import threading
+    a, b = Backend("a"), Backend("b")
+    port = free_port()
+    sb = Switchboard(_state_config(port, a, b, "active"), wait_ports=[port])
+    result = {}
+
+    def long_request():
+        # Round robin with two servers: one of two requests lands on a.
+        with HttpConn("127.0.0.1", port, timeout=10) as c:
+            for _ in range(2):
+                c.request("GET", "/delay?ms=1500")
+                r = c.read_response()
+                if r.header("x-backend-id") == "a":
+                    result["a"] = r.status
+                    return
+
+    t = threading.Thread(target=long_request)
+    t.start()
+    time.sleep(0.3)
+    sb.reload(_state_config(port, a, b, "draining"))
+    wait_for(lambda: "reloaded" in sb.stderr_text(), 3, message="no reload")
+    assert _only(port, 20, "b"), "a draining server got new requests"
+    t.join(10)
+    assert result.get("a") == 200, result
+    time.sleep(0.5)     # health checks must not bring a draining server back
+    assert _only(port, 10, "b")
+
+
+def test_disabled_server_gets_nothing():
+    a, b = Backend("a"), Backend("b")
+    port = free_port()
+    Switchboard(_state_config(port, a, b, "disabled"), wait_ports=[port])
+    time.sleep(0.5)
+    assert _only(port, 20, "b")
