@@ -7,7 +7,8 @@
  * open_access_log in proxy.c), so rotation needs no coordination.
  *
  * Access log formats:
- *   combined  the Apache/nginx "combined" line, then pool, server, the
+ *   combined  the Apache/nginx "combined" line (bytes = body bytes sent,
+ *             as %b / $body_bytes_sent), then pool, server, the
  *             request time in seconds and, when the proxy answered itself,
  *             the reason:
  *     127.0.0.1 - - [24/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 12 "-" "curl/7.88.1" pool=web server=127.0.0.1:9001 rt=0.001 reason=-
@@ -174,9 +175,11 @@ void px_access_log(struct proxy *proxy, const struct px_runtime *rt,
         put_json_string(&l, url, url_len);
         putf(&l, ",\"protocol\":\"HTTP/%d.%d\",\"status\":%d,"
                  "\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64 ","
+                 "\"body_bytes_out\":%" PRIu64 ","
                  "\"duration_ms\":%.3f,\"pool\":",
              ex->req_parser.http_major, ex->req_parser.http_minor, ex->status,
-             ex->bytes_in, ex->bytes_out, (double)dur_us / 1000.0);
+             ex->bytes_in, ex->bytes_out, ex->bytes_out - ex->resp_head_bytes,
+             (double)dur_us / 1000.0);
         put_json_string(&l, pool, strlen(pool));
         put(&l, ",\"server\":", 10);
         put_json_string(&l, server, strlen(server));
@@ -195,8 +198,9 @@ void px_access_log(struct proxy *proxy, const struct px_runtime *rt,
         strftime(when, sizeof when, "%d/%b/%Y:%H:%M:%S +0000", &tm);
         putf(&l, "%s - - [%s] \"%s ", client, when, method);
         put_escaped(&l, url, url_len);
+        /* Like Apache's %b and nginx's $body_bytes_sent: the body only. */
         putf(&l, " HTTP/%d.%d\" %d %" PRIu64 " \"", ex->req_parser.http_major,
-             ex->req_parser.http_minor, ex->status, ex->bytes_out);
+             ex->req_parser.http_minor, ex->status, ex->bytes_out - ex->resp_head_bytes);
         put_escaped(&l, ref, ref_len);
         put(&l, "\" \"", 3);
         put_escaped(&l, ua, ua_len);

@@ -307,6 +307,7 @@ struct px_exchange {
     int status;
     const char *reason;         /* why the proxy answered itself, or NULL */
     uint64_t bytes_in, bytes_out;
+    uint64_t resp_head_bytes;   /* of bytes_out: status lines and headers */
     uint64_t t_start_ns, t_connect_start_ns, t_connect_ns, t_first_byte_ns;
     int64_t  wall_start_us;
     uint64_t tunnel_last_ns;
@@ -392,6 +393,12 @@ struct proxy {
 
 void px_worker_post(struct px_worker *w, struct px_msg *msg);
 void *px_worker_main(void *arg);
+/* Building a worker without its thread (proxy.c, and tests/fuzz, which
+ * drives its event_base in-process): set it up, then give it a runtime
+ * (one reference passes to the worker); px_client_accept() hands it
+ * connections. */
+int  px_worker_init(struct px_worker *w, struct proxy *proxy, unsigned id);
+void px_worker_give(struct px_worker *w, struct px_runtime *rt);
 void px_worker_client_closed(struct px_worker *w);
 /* The generation's idle list for `server` and its balancer state. */
 struct px_gen *px_worker_gen(struct px_worker *w);

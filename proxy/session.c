@@ -566,11 +566,17 @@ static int exchange_fail(struct px_exchange *ex, int status, const char *reason)
         return -1;
     }
     detach_upstream(ex, false);
-    bool keep = ex->client_keepalive && ex->req_done && status >= 500 &&
+    /* Only a request the proxy could not take apart leaves the stream state
+     * unknown; after any other answer of its own (404, 5xx) the connection
+     * may go on if the request was read to its end. */
+    bool parse_failure = status == 400 || status == 405 || status == 408 ||
+                         status == 431 || status == 501 || status == 505;
+    bool keep = ex->client_keepalive && ex->req_done && !parse_failure &&
                 !c->worker->draining;
     const char *text = px_status_reason(status);
     char body[128];
     int blen = snprintf(body, sizeof body, "%d %s\n", status, text);
+    size_t before = evbuffer_get_length(c->conn.out);
     evbuffer_add_printf(c->conn.out,
         "HTTP/1.1 %d %s\r\n"
         "Content-Type: text/plain\r\n"
@@ -578,13 +584,13 @@ static int exchange_fail(struct px_exchange *ex, int status, const char *reason)
         "Cache-Control: no-store\r\n"
         "%s"
         "\r\n", status, text, blen, keep ? "" : "Connection: close\r\n");
+    ex->resp_head_bytes += evbuffer_get_length(c->conn.out) - before;
     if (!ex->head_request)
         evbuffer_add(c->conn.out, body, (size_t)blen);
     ex->status = status;
-    ex->bytes_out += evbuffer_get_length(c->conn.out);
+    ex->bytes_out += evbuffer_get_length(c->conn.out) - before;
     ex->resp_started = true;
     ex->resp_done = true;
-    bool parse_failure = status < 500;
     ex->client_keepalive = keep;
     if (!keep && (!ex->req_done || parse_failure))
         c->linger = true;
@@ -1254,6 +1260,7 @@ static int response_head_done(struct px_exchange *ex)
     }
     evbuffer_add(out, "\r\n", 2);
     ex->bytes_out += evbuffer_get_length(out) - before;
+    ex->resp_head_bytes += evbuffer_get_length(out) - before;
 
     if (interim) {
         px_head_reset(&ex->resp);
@@ -1341,6 +1348,10 @@ static int pump_response(struct px_exchange *ex)
         if (response_head_done(ex) < 0)
             return -1;
         if (!c->ex)
+            return 0;
+        /* A refused answer may have been retried on a new connection, and
+         * this one freed: go on with the exchange's current one. */
+        if (!(up = ex->up))
             return 0;
     }
     if (ex->phase != PX_PHASE_RESP_BODY || ex->resp_done)
