@@ -113,8 +113,10 @@ def test_slow_start_ramps_a_returning_server():
     port = free_port()
     text = (_config(port, [a.addr, b.addr], failures=0)
             .replace("    retries: 2\n", "    retries: 2\n    slow_start: 3s\n"
-                     "    health_check: {path: /, interval: 100ms, timeout: 50ms,"
-                     " rise: 1, fall: 1}\n"))
+                     # Slack for a busy machine: a flapping check would
+                     # restart the ramp and measure the wrong thing.
+                     "    health_check: {path: /, interval: 200ms, timeout: 200ms,"
+                     " rise: 1, fall: 3}\n"))
     sb = Switchboard(text, wait_ports=[port])
     a_port = a.port
     a.kill()
@@ -128,5 +130,6 @@ def test_slow_start_ramps_a_returning_server():
     late_share = late.count("a2") / len(late)
     print("# slow start: share right after coming back %.2f, after 3 s %.2f"
           % (early_share, late_share))
+    assert sb.stderr_text().count("is UP") == 1, "health checks flapped"
     assert early_share < 0.3, early_share
     assert 0.4 <= late_share <= 0.6, late_share
