@@ -465,6 +465,15 @@ int  px_head_add_field(struct px_head *h, const char *at, size_t len);
 int  px_head_add_value(struct px_head *h, const char *at, size_t len);
 const char *px_status_reason(int status);
 
+/* ---- client address (xff.c) ------------------------------------------- */
+
+void px_sockaddr_text(const struct sockaddr *sa, char *out, size_t len);
+bool px_parse_ip(const char *s, size_t len, struct sockaddr_storage *ss);
+/* The client: the peer, or the rightmost untrusted X-Forwarded-For entry
+ * when the peer is a trusted proxy. */
+void px_client_address(const struct px_runtime *rt, const struct sockaddr *peer,
+                       const struct px_head *req, struct sockaddr_storage *out);
+
 /* ---- health checks (health.c) ------------------------------------------ */
 
 struct px_health;

@@ -235,17 +235,6 @@ static void drop_head_lf(struct evbuffer *in)
 
 /* ---- small helpers ----------------------------------------------------- */
 
-static void sockaddr_text(const struct sockaddr *sa, char *out, size_t len)
-{
-    const void *a = sa->sa_family == AF_INET6
-        ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
-        : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
-    if (!inet_ntop(sa->sa_family, a, out, (socklen_t)len))
-        snprintf(out, len, "-");
-    /* Show v4 clients of a dual-stack socket as v4. */
-    if (strncmp(out, "::ffff:", 7) == 0 && strchr(out + 7, '.'))
-        memmove(out, out + 7, strlen(out + 7) + 1);
-}
 
 /* The client address as bytes, for telemetry; v4-mapped v6 becomes v4. */
 static void set_client_ip(struct px_exchange *ex, const struct sockaddr *sa)
@@ -267,69 +256,15 @@ static void set_client_ip(struct px_exchange *ex, const struct sockaddr *sa)
     }
 }
 
-static bool text_to_sockaddr(const char *s, size_t len,
-                             struct sockaddr_storage *ss)
-{
-    char buf[INET6_ADDRSTRLEN + 1];
-    if (len == 0 || len >= sizeof buf)
-        return false;
-    memcpy(buf, s, len);
-    buf[len] = '\0';
-    memset(ss, 0, sizeof *ss);
-    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, buf, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        return true;
-    }
-    if (inet_pton(AF_INET6, buf, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        return true;
-    }
-    return false;
-}
-
-/*
- * The client's address: the peer, or - when the peer is a trusted proxy -
- * the rightmost address of X-Forwarded-For that is not itself trusted (the
- * leftmost one when all are trusted). Anything left of the first untrusted
- * hop could have been written by the client and is ignored.
- */
+/* The client's address (see xff.c), as text and as bytes. */
 static void resolve_client_addr(struct px_exchange *ex)
 {
-    const struct px_runtime *rt = ex->gen->rt;
-    struct px_client *c = ex->client;
-    sockaddr_text(&c->peer.sa, ex->client_addr, sizeof ex->client_addr);
-    if (rt->n_trusted == 0 || !px_trusted(rt, &c->peer.sa))
-        return;
-    /* Walk every X-Forwarded-For header from the last one backwards. */
-    for (int h = (int)ex->req.n_hdr - 1; h >= 0; h--) {
-        const struct px_header *hd = &ex->req.hdr[h];
-        if (!px_header_is(&ex->req, hd, "x-forwarded-for"))
-            continue;
-        const char *v = ex->req.buf + hd->value_off;
-        size_t end = hd->value_len;
-        while (end > 0) {
-            size_t start = end;
-            while (start > 0 && v[start - 1] != ',')
-                start--;
-            size_t a = start, b = end;
-            while (a < b && (v[a] == ' ' || v[a] == '\t'))
-                a++;
-            while (b > a && (v[b - 1] == ' ' || v[b - 1] == '\t'))
-                b--;
-            struct sockaddr_storage ss;
-            if (!text_to_sockaddr(v + a, b - a, &ss))
-                return;                 /* garbage: stop at the last good hop */
-            sockaddr_text((struct sockaddr *)&ss, ex->client_addr,
-                          sizeof ex->client_addr);
-            set_client_ip(ex, (struct sockaddr *)&ss);
-            if (!px_trusted(rt, (struct sockaddr *)&ss))
-                return;
-            end = start > 0 ? start - 1 : 0;
-        }
-    }
+    struct sockaddr_storage ss;
+    px_client_address(ex->gen->rt, &ex->client->peer.sa, &ex->req, &ss);
+    px_sockaddr_text((struct sockaddr *)&ss, ex->client_addr, sizeof ex->client_addr);
+    set_client_ip(ex, (struct sockaddr *)&ss);
 }
+
 
 /* Host of the request, lower case, without port; into `out`. */
 static size_t request_host(const struct px_exchange *ex, char *out, size_t cap)
@@ -501,7 +436,7 @@ static struct px_exchange *exchange_new(struct px_client *c)
     ex->phase = PX_PHASE_REQ_HEAD;
     ex->t_start_ns = px_now_ns();
     /* The peer until the head says otherwise (trusted X-Forwarded-For). */
-    sockaddr_text(&c->peer.sa, ex->client_addr, sizeof ex->client_addr);
+    px_sockaddr_text(&c->peer.sa, ex->client_addr, sizeof ex->client_addr);
     set_client_ip(ex, &c->peer.sa);
     struct timeval tv;
     event_base_gettimeofday_cached(w->base, &tv);
@@ -731,7 +666,7 @@ static int build_request_head(struct px_exchange *ex, const char *target,
     evbuffer_add(b, " HTTP/1.1\r\n", 11);
 
     char peer_text[INET6_ADDRSTRLEN];
-    sockaddr_text(&c->peer.sa, peer_text, sizeof peer_text);
+    px_sockaddr_text(&c->peer.sa, peer_text, sizeof peer_text);
     bool have_proto = false, have_fwd_host = false;
     for (unsigned i = 0; i < h->n_hdr; i++) {
         const struct px_header *hd = &h->hdr[i];
@@ -1437,8 +1372,8 @@ static void arm_exchange(struct px_exchange *ex)
     /* Client: read the request body while the backend takes it; otherwise
      * keep an ear open for an abort, up to a bounded amount of pipelining. */
     bool client_read;
-    if (!ex->req_done)
-        client_read = up && below_watermark(up->conn.out);
+    if (!ex->req_done)          /* not after EOF: epoll would fire forever */
+        client_read = up && below_watermark(up->conn.out) && !c->conn.eof;
     else
         client_read = !c->conn.eof &&
                       evbuffer_get_length(c->conn.in) < PX_PIPELINE_MAX;
@@ -1605,6 +1540,14 @@ static void session_step(struct px_client *c)
             return;
         if (c->ex != ex)
             continue;           /* answered by the proxy (400, 502): send it */
+        /* The client closed before its body was complete: the request can
+         * never end. Unless an answer is on its way already, give up now
+         * instead of holding the backend until timeouts.server. */
+        if (!ex->req_done && c->conn.eof && !ex->resp_started &&
+            evbuffer_get_length(c->conn.in) == 0) {
+            client_abort(c, "client closed during request body");
+            return;
+        }
         if (flush_upstream(ex) < 0)
             return;
         if (c->ex != ex)
