@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "geo/geo.h"
 #include "proxy/proxy-internal.h"
 
 static atomic_int log_level = SB_LOG_INFO;
@@ -131,6 +132,27 @@ static void put_json_string(struct line *l, const char *s, size_t n)
     put(l, "\"", 1);
 }
 
+/* A string the database gives as UTF-8: kept as is, only quotes,
+ * backslashes and control characters escaped. */
+static void put_json_utf8(struct line *l, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    put(l, "\"", 1);
+    for (size_t i = 0; i < n && l->len + 7 < sizeof l->buf; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = { '\\', (char)c };
+            put(l, e, 2);
+        } else if (c < 0x20) {
+            char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+            put(l, e, 6);
+        } else {
+            l->buf[l->len++] = (char)c;
+        }
+    }
+    put(l, "\"", 1);
+}
+
 static const char *header_or_dash(const struct px_exchange *ex, const char *name,
                                   uint32_t *len)
 {
@@ -187,6 +209,32 @@ void px_access_log(struct proxy *proxy, const struct px_runtime *rt,
         put_json_string(&l, ref, ref_len);
         put(&l, ",\"user_agent\":", 14);
         put_json_string(&l, ua, ua_len);
+        /* Where the client is: a lookup in this worker's own cache, so
+         * the log costs no lock; misses and private addresses give null. */
+        struct px_worker *w = ex->client->worker;
+        struct geo_result g = { .kind = GEO_DISABLED };
+        if (proxy->geo && ex->client_family) {
+            if (!w->geo_cache)
+                w->geo_cache = geo_cache_new(4096);
+            geo_cache_lookup(w->geo_cache, proxy->geo, ex->client_ip,
+                             ex->client_family, &g, NULL);
+        }
+        if (g.kind == GEO_FOUND && g.country[0]) {
+            put(&l, ",\"country\":", 11);
+            put_json_string(&l, g.country, strlen(g.country));
+        } else {
+            put(&l, ",\"country\":null", 15);
+        }
+        if (g.kind == GEO_FOUND && g.city[0]) {
+            put(&l, ",\"city\":", 8);
+            put_json_utf8(&l, g.city, strlen(g.city));
+        } else {
+            put(&l, ",\"city\":null", 12);
+        }
+        if (g.kind == GEO_FOUND && g.has_location)
+            putf(&l, ",\"latitude\":%.4f,\"longitude\":%.4f", g.latitude, g.longitude);
+        else
+            put(&l, ",\"latitude\":null,\"longitude\":null", 33);
         put(&l, ",\"reason\":", 10);
         if (ex->reason)
             put_json_string(&l, ex->reason, strlen(ex->reason));

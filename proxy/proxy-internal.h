@@ -362,6 +362,7 @@ struct px_worker {
     uint64_t rng;               /* xorshift state for per-pick randomness */
     struct tm_ring *ring;       /* telemetry; NULL when off. Owned by proxy */
     bool joined;                /* main thread: the thread has been joined */
+    struct geo_cache *geo_cache;        /* this worker's, for the access log */
 };
 
 struct px_listen_set {
@@ -382,6 +383,7 @@ struct proxy {
     unsigned generation;
     atomic_uint connections;            /* client connections, all workers */
     struct tm_gauges gauges;            /* read by the telemetry aggregator */
+    const struct geo_db *geo;           /* borrowed; NULL: no geolocation */
     uint32_t max_connections;           /* of the current runtime */
     struct px_health *health;           /* health-check thread */
     int access_log_fd;                  /* -1 when off */

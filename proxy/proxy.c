@@ -436,6 +436,11 @@ struct tm_gauges *proxy_gauges(struct proxy *proxy)
     return &proxy->gauges;
 }
 
+void proxy_set_geo(struct proxy *proxy, const struct geo_db *geo)
+{
+    proxy->geo = geo;
+}
+
 size_t proxy_servers(void *arg, struct tm_server_info *out, size_t max)
 {
     struct proxy *proxy = arg;

@@ -83,6 +83,11 @@ void proxy_free(struct proxy *proxy);
 struct tm_ring **proxy_rings(struct proxy *proxy, size_t *n);
 struct tm_gauges *proxy_gauges(struct proxy *proxy);
 
+/* The geolocation database (borrowed, read-only, may be NULL) the workers
+ * use for the JSON access log. Before proxy_start(). */
+struct geo_db;
+void proxy_set_geo(struct proxy *proxy, const struct geo_db *geo);
+
 /* Copy the current servers (pool, address, state, weight, in-flight) into
  * `out`; returns how many. Any thread: it takes a short lock against a
  * concurrent reload, never a lock of the request path. `proxy` is a

@@ -29,6 +29,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "geo/geo.h"
 #include "proxy/proxy-internal.h"
 
 #define ACCEPT_BATCH 64
@@ -365,6 +366,8 @@ void *px_worker_main(void *arg)
         gen_free(w->gen);
         w->gen = NULL;
     }
+    geo_cache_free(w->geo_cache);
+    w->geo_cache = NULL;
     return NULL;
 }
 
