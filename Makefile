@@ -1,4 +1,5 @@
-# Switchboard - one Makefile, no generators.
+# Switchboard - one Makefile. The one generated source is the dashboard's
+# asset table (dashboard/embed.py, below).
 #
 #   make            build ./switchboard (and the test/demo backend)
 #   make deps       install missing Debian packages (apt-get), idempotent
@@ -7,6 +8,7 @@
 #   make asan       the suite under AddressSanitizer + UBSan only
 #   make run        deps + build + start the demo (proxy, backends, dashboard)
 #   make install    PREFIX=/usr/local DESTDIR= : binary, man pages, sample config
+#   make fuzz       build/fuzz/fuzz_proxy, the libFuzzer target (clang)
 #   make bench      deps + bench-deps + build, then tests/bench/bench.py:
 #                   Switchboard next to HAProxy and nginx (BENCH_ARGS=--quick)
 
@@ -21,7 +23,7 @@ PKGS     := libevent libevent_pthreads yaml-0.1 jansson libmaxminddb libwebsocke
 # Debian packages the build, the tests and the demo need.
 APT_PACKAGES := build-essential pkg-config libevent-dev libhttp-parser-dev \
 	libmaxminddb-dev mmdb-bin libwebsockets-dev libyaml-dev libjansson-dev \
-	curl wrk python3 clang libclang-rt-14-dev slowhttptest
+	curl wrk python3 clang libclang-rt-14-dev slowhttptest chromium varnish
 
 # What `make bench` and its smoke test in `make test` compare with and drive.
 BENCH_PACKAGES := haproxy nginx wrk
@@ -29,7 +31,7 @@ BENCH_PACKAGES := haproxy nginx wrk
 # One pkg-config call for all: it fails loudly if a package is missing
 # (run `make deps`).
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lpthread -lm
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lcrypt -lpthread -lm
 
 CFLAGS_COMMON := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 	-Wno-unused-parameter -g -I.
@@ -49,6 +51,19 @@ MODULE_SRC  := $(foreach d,$(MODULE_DIRS),$(wildcard $(d)/*.c))
 MAIN_SRC    := proxy/main.c
 LIB_SRC     := $(filter-out $(MAIN_SRC),$(MODULE_SRC))
 LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/%.o)
+
+# The dashboard's page and browser libraries, embedded in the binary: every
+# file under dashboard/web/ plus the npm files listed in dashboard/assets.list
+# become one generated C file, compiled into the library. npm ci runs when
+# node_modules is missing or older than package-lock.json (bounded by
+# NPM_TIMEOUT; under flock, so parallel builds do not install twice at once).
+NPM_TIMEOUT ?= 300
+DASH_LOCK   := $(wildcard dashboard/package-lock.json)
+DASH_NPM    := $(if $(DASH_LOCK),dashboard/node_modules/.package-lock.json)
+DASH_WEB    := $(shell find dashboard/web 2>/dev/null | LC_ALL=C sort)
+ASSETS_GEN  := $(BUILD)/dashboard/assets_gen.c
+ASSETS_OBJ  := $(BUILD)/dashboard/assets_gen.o
+LIB_OBJ     += $(ASSETS_OBJ)
 MAIN_OBJ    := $(MAIN_SRC:%.c=$(BUILD)/%.o)
 
 BACKEND_SRC := $(wildcard tests/backend/*.c)
@@ -60,7 +75,7 @@ WSLOAD_BIN  := $(BUILD)/wsload
 UNIT_SRC    := $(wildcard tests/unit/*/test_*.c)
 UNIT_BIN    := $(UNIT_SRC:%.c=$(BUILD)/%)
 
-.PHONY: all deps geo-db test asan run install clean unit-bins bench bench-deps
+.PHONY: all deps geo-db test asan run install clean unit-bins bench bench-deps fuzz
 
 all: switchboard $(BACKEND_BIN) unit-bins
 
@@ -88,6 +103,18 @@ $(WSLOAD_BIN): tests/bench/wsload.c
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $<
 
 unit-bins: $(UNIT_BIN)
+
+dashboard/node_modules/.package-lock.json: dashboard/package-lock.json dashboard/package.json
+	cd dashboard && flock package-lock.json sh -c '[ node_modules/.package-lock.json -nt package-lock.json ] || timeout $(NPM_TIMEOUT) npm ci --no-audit --no-fund --loglevel=error'
+	touch $@
+
+$(ASSETS_GEN): dashboard/embed.py dashboard/assets.list $(DASH_WEB) $(DASH_NPM)
+	@mkdir -p $(@D)
+	python3 dashboard/embed.py --out $@ --web dashboard/web --list dashboard/assets.list \
+		--modules dashboard/node_modules $(if $(DASH_LOCK),,--optional-modules)
+
+$(ASSETS_OBJ): $(ASSETS_GEN)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
 
 # A unit test may #include the .c it tests to reach static functions; it links
 # against the library for everything else.
@@ -133,6 +160,24 @@ test: deps bench-deps geo-db
 	$(MAKE) all
 	$(MAKE) BUILD=build/asan SANITIZE=1 all
 	python3 tests/run.py --build build/release --build build/asan
+
+# libFuzzer target: the proxy's code (proxy/ conf/ telemetry/ geo/, without
+# main.c) built again by clang with ASan + UBSan and fuzzer coverage into
+# build/fuzz, linked with tests/fuzz/fuzz_proxy.c. `make test` runs it for
+# 60 s (tests/integration/test_fuzz.py); by hand:
+#   build/fuzz/fuzz_proxy -dict=tests/fuzz/http.dict NEW_DIR tests/fuzz/corpus
+FUZZ_DIR   := build/fuzz
+FUZZ_SRC   := $(filter-out $(MAIN_SRC),$(foreach d,proxy conf telemetry geo,$(wildcard $(d)/*.c)))
+FUZZ_OBJ   := $(FUZZ_SRC:%.c=$(FUZZ_DIR)/%.o)
+FUZZ_FLAGS := $(CFLAGS_COMMON) -O1 -fno-omit-frame-pointer \
+	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(PKG_CFLAGS)
+
+fuzz:
+	$(MAKE) BUILD=$(FUZZ_DIR) CC=clang SANITIZE=1 CFLAGS=-fsanitize=fuzzer-no-link $(FUZZ_OBJ)
+	$(MAKE) $(FUZZ_DIR)/fuzz_proxy
+
+$(FUZZ_DIR)/fuzz_proxy: tests/fuzz/fuzz_proxy.c $(FUZZ_OBJ)
+	clang $(FUZZ_FLAGS) -o $@ $^ $(PKG_LIBS)
 
 bench: deps bench-deps geo-db
 	$(MAKE) $(BUILD)/switchboard $(BACKEND_BIN) $(WSLOAD_BIN)

@@ -12,7 +12,9 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,7 @@
 #include <event2/event.h>
 
 #include "conf/conf.h"
+#include "dashboard/dashboard.h"
 #include "geo/geo.h"
 #include "proxy/proxy.h"
 #include "telemetry/telemetry.h"
@@ -37,6 +40,10 @@ struct main_state {
     struct geo_db *geo;                 /* NULL: geolocation off */
     struct tm_source *tm_source;        /* over the proxy's rings */
     struct tm_aggregator *aggregator;   /* NULL: telemetry off */
+    /* The aggregator thread reads these (on_telemetry_update): the
+     * aggregator exists before the dashboard and outlives it. */
+    _Atomic(struct dashboard *) dashboard;  /* NULL: none, or stopping */
+    atomic_int waking;                  /* updates between load and wake */
     struct event *grace_timer;
     struct event *poll_timer;
 };
@@ -63,6 +70,19 @@ static struct geo_db *open_geo(const struct conf_telemetry *t)
     return geo;
 }
 
+/* Aggregator thread, after a drain that changed the model: wake the
+ * dashboard if there is one. `waking` lets stop_dashboard() wait for a call
+ * that loaded the pointer just before it was cleared. */
+static void on_telemetry_update(void *arg)
+{
+    struct main_state *st = arg;
+    atomic_fetch_add(&st->waking, 1);
+    struct dashboard *d = atomic_load(&st->dashboard);
+    if (d)
+        dashboard_wake(d);
+    atomic_fetch_sub(&st->waking, 1);
+}
+
 static int start_telemetry(struct main_state *st)
 {
     const struct conf_telemetry *t = &st->conf->telemetry;
@@ -71,6 +91,7 @@ static int start_telemetry(struct main_state *st)
     if (!t->enabled || !rings)
         return 0;
     st->geo = open_geo(t);
+    proxy_set_geo(st->proxy, st->geo);
     if (!(st->tm_source = tm_source_rings(rings, n_rings)))
         return -1;
     struct tm_aggregator_config cfg = {
@@ -82,6 +103,8 @@ static int start_telemetry(struct main_state *st)
         .gauges = proxy_gauges(st->proxy),
         .servers = proxy_servers,
         .servers_ctx = st->proxy,
+        .on_update = on_telemetry_update,
+        .on_update_ctx = st,
     };
     if (!(st->aggregator = tm_aggregator_new(&cfg)))
         return -1;
@@ -129,6 +152,37 @@ static void raise_fd_limit(const struct conf *conf)
     sb_log(SB_LOG_WARN, "file descriptor limit is %llu, below the %llu that "
            "limits.max_connections %u needs", (unsigned long long)rl.rlim_max,
            (unsigned long long)want, conf->limits.max_connections);
+}
+
+/* After start_telemetry(): the dashboard reads the aggregator (or answers
+ * 503 without one). Failing to listen is a start-up error. */
+static int start_dashboard(struct main_state *st)
+{
+    const struct conf_dashboard *dc = &st->conf->dashboard;
+    if (!dc->enabled)
+        return 0;
+    char err[256];
+    struct dashboard *d = dashboard_start(dc, st->aggregator, err, sizeof err);
+    if (!d) {
+        sb_log(SB_LOG_ERROR, "%s", err);
+        return -1;
+    }
+    atomic_store(&st->dashboard, d);
+    sb_log(SB_LOG_INFO, "dashboard on http://%s/%s", dc->listen.text,
+           dc->token || dc->n_users ? "" : " (no auth: loopback only)");
+    return 0;
+}
+
+/* Before stop_telemetry(): the aggregator may still call on_telemetry_update
+ * until then, so the pointer goes first, then any wake in progress ends. */
+static void stop_dashboard(struct main_state *st)
+{
+    struct dashboard *d = atomic_exchange(&st->dashboard, NULL);
+    if (!d)
+        return;
+    while (atomic_load(&st->waking) > 0)
+        sched_yield();
+    dashboard_stop(d);
 }
 
 static void usage(FILE *out)
@@ -194,6 +248,9 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         conf_free(conf);
         return;
     }
+    if (!dashboard_conf_equal(&st->conf->dashboard, &conf->dashboard))
+        sb_log(SB_LOG_WARN, "dashboard settings changed: they take effect at the "
+               "next restart");
     conf_free(st->conf);
     st->conf = conf;
     sb_log(SB_LOG_INFO, "reloaded %s", st->config_path);
@@ -270,6 +327,8 @@ int main(int argc, char **argv)
         sb_log(SB_LOG_ERROR, "cannot start telemetry (out of memory or threads)");
         goto out_events;
     }
+    if (start_dashboard(&st) < 0)
+        goto out_events;
     if (proxy_start(st.proxy, err, sizeof err) < 0) {
         sb_log(SB_LOG_ERROR, "%s", err);
         goto out_events;
@@ -299,6 +358,7 @@ out:
     signal(SIGINT, SIG_IGN);
     if (st.proxy)
         proxy_shutdown(st.proxy, 0);
+    stop_dashboard(&st);
     stop_telemetry(&st);
     if (st.proxy)
         proxy_free(st.proxy);

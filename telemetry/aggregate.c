@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "geo/geo.h"
 #include "telemetry/telemetry.h"
@@ -229,6 +230,7 @@ struct tm_aggregator {
     pthread_cond_t stop_cond;               /* CLOCK_MONOTONIC */
     bool stopping, running;
     pthread_t thread;
+    unsigned delay_us;                      /* test hook, see tm_aggregator_new */
 };
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -808,6 +810,8 @@ static size_t drain(struct tm_aggregator *a, bool *changed, bool *more)
         m->geo = a->geo_stats;
         m->seq = stamp;
         pthread_mutex_unlock(&a->model_lock);
+        if (a->delay_us)
+            usleep(a->delay_us);
 
         *changed = true;
         total += n;
@@ -974,6 +978,13 @@ struct tm_aggregator *tm_aggregator_new(const struct tm_aggregator_config *cfg)
         a->cfg.recent_max = 200;
     if (!a->cfg.tick_ms)
         a->cfg.tick_ms = 50;
+    /* Test hook (switchboard(8), ENVIRONMENT): sleep this long after each
+     * batch, to play a slow aggregator and make the rings overflow. */
+    const char *delay = getenv("SWITCHBOARD_TELEMETRY_DELAY_US");
+    if (delay && *delay) {
+        unsigned long us = strtoul(delay, NULL, 10);
+        a->delay_us = us > 10000000 ? 10000000 : (unsigned)us;
+    }
     if (!a->cfg.clock_us)
         a->cfg.clock_us = realtime_us;
 
@@ -1494,6 +1505,29 @@ char *tm_delta_json(struct tm_aggregator *agg, uint64_t since_seq, uint64_t *new
     pthread_mutex_unlock(&agg->model_lock);
     if (new_seq)
         *new_seq = seq;
+    return dump(doc, 0);
+}
+
+char *tm_recent_json(struct tm_aggregator *agg, uint64_t since_seq, size_t max,
+                     uint64_t *new_seq, size_t *count)
+{
+    pthread_mutex_lock(&agg->model_lock);
+    uint64_t seq = agg->m.seq;
+    uint64_t since = since_seq > seq ? 0 : since_seq;
+    json_t *recent = json_recent(agg, &agg->m, since);
+    pthread_mutex_unlock(&agg->model_lock);
+    size_t n = json_array_size(recent), skipped = n > max ? n - max : 0;
+    for (size_t i = 0; i < skipped; i++)
+        json_array_remove(recent, 0);
+    json_t *doc = json_object();
+    set(doc, "seq", ju(seq));
+    set(doc, "since", ju(since));
+    set(doc, "skipped", ju(skipped));
+    set(doc, "recent", recent);
+    if (new_seq)
+        *new_seq = seq;
+    if (count)
+        *count = n - skipped;
     return dump(doc, 0);
 }
 

@@ -303,6 +303,14 @@ char *tm_prometheus(struct tm_aggregator *agg);
  * last recent_max). */
 char *tm_delta_json(struct tm_aggregator *agg, uint64_t since_seq,
                     uint64_t *new_seq);
+/* The recent requests stamped after `since_seq`, for a low-latency event
+ * stream: {"seq":N,"since":S,"skipped":K,"recent":[...]} with at most `max`
+ * entries, the newest (K older ones left out), oldest first, each as in
+ * "recent" of tm_stats_json(). `*new_seq` (may be NULL) receives the seq to
+ * pass next time, `*count` (may be NULL) the number of entries. A since_seq
+ * the aggregator never issued counts as 0 (everything still held). */
+char *tm_recent_json(struct tm_aggregator *agg, uint64_t since_seq, size_t max,
+                     uint64_t *new_seq, size_t *count);
 
 /* Every exported metric, declared once:
  *   X(id, Prometheus name, type, JSON key, help)

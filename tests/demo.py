@@ -2,8 +2,11 @@
 """Switchboard demo (`make run`).
 
 Starts the demo backends that conf/switchboard.yaml names (sb-backend on
-127.0.0.1:9001-9005), then ./switchboard with that config, prints where to
-point curl or a browser, and stops everything on Ctrl-C (or SIGTERM).
+127.0.0.1:9001-9005), then ./switchboard with that config (proxy on :8080,
+live dashboard on :8081), then tests/demo_traffic.py, which sends requests
+from addresses all over the world so the map is alive within seconds. Prints
+where to point a browser or curl, and stops everything on Ctrl-C (or
+SIGTERM).
 """
 import os
 import signal
@@ -20,6 +23,7 @@ CONFIG = os.path.join(ROOT, "conf", "switchboard.yaml")
 BACKENDS = [("web-1", 9001), ("web-2", 9002), ("web-3", 9003),
             ("api-1", 9004), ("api-backup", 9005)]
 PROXY_PORT = 8080
+DASHBOARD_PORT = 8081
 
 
 def port_open(port, host="127.0.0.1"):
@@ -70,6 +74,11 @@ def main():
         proxy = subprocess.Popen([os.path.join(ROOT, "switchboard"), "-c", CONFIG])
         procs.append(proxy)
         wait_port(PROXY_PORT, proxy, "switchboard")
+        dashboard = port_open(DASHBOARD_PORT)
+        traffic = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests",
+                                                                 "demo_traffic.py"),
+                                    "--port", str(PROXY_PORT)])
+        procs.append(traffic)
         print(f"""
 Switchboard is running with {CONFIG}
   proxy:     http://127.0.0.1:{PROXY_PORT}/        (also http://[::1]:{PROXY_PORT}/)
@@ -77,6 +86,10 @@ Switchboard is running with {CONFIG}
              curl -s http://127.0.0.1:{PROXY_PORT}/api/      -> pool api (least_conn, with a backup)
              curl -s http://127.0.0.1:{PROXY_PORT}/echo      -> what the backend received
   reload:    kill -HUP {proxy.pid}
+  dashboard: {"http://127.0.0.1:%d/  (live map; no token needed on loopback)" % DASHBOARD_PORT
+              if dashboard else "(disabled in the config)"}
+  metrics:   http://127.0.0.1:{DASHBOARD_PORT}/metrics   http://127.0.0.1:{DASHBOARD_PORT}/api/stats
+  traffic:   tests/demo_traffic.py is sending requests from around the world
 Press Ctrl-C to stop.
 """, flush=True)
         while all(p.poll() is None for p in procs):
