@@ -42,6 +42,8 @@ void px_head_reset(struct px_head *h)
 
 static int head_append(struct px_head *h, const char *at, size_t len)
 {
+    if (len == 0)       /* e.g. an empty reason phrase, before any buf */
+        return 0;
     if ((size_t)h->len + len > h->limit) {
         h->too_big = true;
         return -1;

@@ -25,8 +25,6 @@
 
 #include "proxy/proxy-internal.h"
 
-int  px_worker_init(struct px_worker *w, struct proxy *proxy, unsigned id);
-void px_worker_give(struct px_worker *w, struct px_runtime *rt);
 void px_worker_add_listener(struct px_worker *w, int fd, const char *addr);
 void px_worker_destroy(struct px_worker *w);
 
