@@ -401,6 +401,8 @@ void *px_worker_main(void *arg);
  * connections. */
 int  px_worker_init(struct px_worker *w, struct proxy *proxy, unsigned id);
 void px_worker_give(struct px_worker *w, struct px_runtime *rt);
+void px_worker_add_listener(struct px_worker *w, int fd, const char *addr);
+void px_worker_destroy(struct px_worker *w);
 void px_worker_client_closed(struct px_worker *w);
 /* The generation's idle list for `server` and its balancer state. */
 struct px_gen *px_worker_gen(struct px_worker *w);

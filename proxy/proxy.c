@@ -25,8 +25,6 @@
 
 #include "proxy/proxy-internal.h"
 
-void px_worker_add_listener(struct px_worker *w, int fd, const char *addr);
-void px_worker_destroy(struct px_worker *w);
 
 static int open_listener(const struct conf_addr *addr, char *err, size_t errlen)
 {
