@@ -112,7 +112,10 @@ static void put_escaped(struct line *l, const char *s, size_t n)
     }
 }
 
-static void put_json_string(struct line *l, const char *s, size_t n)
+/* A JSON string. Request bytes may be invalid UTF-8, so by default every
+ * byte outside printable ASCII becomes \u00XX; `utf8` keeps such bytes as
+ * they are, for strings known to be UTF-8 (the geolocation database's). */
+static void put_json(struct line *l, const char *s, size_t n, bool utf8)
 {
     static const char hex[] = "0123456789abcdef";
     put(l, "\"", 1);
@@ -121,8 +124,7 @@ static void put_json_string(struct line *l, const char *s, size_t n)
         if (c == '"' || c == '\\') {
             char e[2] = { '\\', (char)c };
             put(l, e, 2);
-        } else if (c < 0x20 || c >= 0x7f) {
-            /* Bytes, not characters: a request may hold invalid UTF-8. */
+        } else if (c < 0x20 || (!utf8 && c >= 0x7f)) {
             char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
             put(l, e, 6);
         } else {
@@ -132,25 +134,9 @@ static void put_json_string(struct line *l, const char *s, size_t n)
     put(l, "\"", 1);
 }
 
-/* A string the database gives as UTF-8: kept as is, only quotes,
- * backslashes and control characters escaped. */
-static void put_json_utf8(struct line *l, const char *s, size_t n)
+static void put_json_string(struct line *l, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    put(l, "\"", 1);
-    for (size_t i = 0; i < n && l->len + 7 < sizeof l->buf; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            char e[2] = { '\\', (char)c };
-            put(l, e, 2);
-        } else if (c < 0x20) {
-            char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
-            put(l, e, 6);
-        } else {
-            l->buf[l->len++] = (char)c;
-        }
-    }
-    put(l, "\"", 1);
+    put_json(l, s, n, false);
 }
 
 static const char *header_or_dash(const struct px_exchange *ex, const char *name,
@@ -227,7 +213,7 @@ void px_access_log(struct proxy *proxy, const struct px_runtime *rt,
         }
         if (g.kind == GEO_FOUND && g.city[0]) {
             put(&l, ",\"city\":", 8);
-            put_json_utf8(&l, g.city, strlen(g.city));
+            put_json(&l, g.city, strlen(g.city), true);
         } else {
             put(&l, ",\"city\":null", 12);
         }
