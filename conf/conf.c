@@ -1339,6 +1339,14 @@ static int dashboard_finish(struct loader *L, yaml_node_t *node, void *base)
 static int top_finish(struct loader *L, yaml_node_t *node, void *base)
 {
     struct conf *c = base;
+    if (c->chat.enabled && !c->dashboard.enabled) {
+        yaml_mark_t m = { 0, 0, 0 };
+        m.line = c->chat.line > 0 ? (size_t)c->chat.line - 1 : 0;
+        m.column = c->chat.column > 0 ? (size_t)c->chat.column - 1 : 0;
+        path_push_key(L, "chat.enabled");
+        return fail(L, &m, "the chat is served by the dashboard server: "
+                    "set dashboard.enabled too");
+    }
     if (c->n_routes)
         return 0;
     static const yaml_mark_t start;
@@ -1679,6 +1687,162 @@ static const struct section dashboard_section = {
     .keys = dashboard_keys, .finish = dashboard_finish,
 };
 
+/* ---- chat ---------------------------------------------------------------- */
+
+static const char *const chat_mode_names[] = {
+    [CONF_CHAT_ROOMS]   = "rooms",
+    [CONF_CHAT_SUPPORT] = "support",
+    [CONF_CHAT_RANDOM]  = "random",
+    NULL,
+};
+
+const char *conf_chat_mode_name(enum conf_chat_mode m)
+{
+    return (unsigned)m < CONF_CHAT_MODES ? chat_mode_names[m] : "unknown";
+}
+
+static const char *const default_chat_rooms[] = {
+    "Lobby", "Library", "Dining", "Casino", "Gym", "Nightclub",
+};
+
+/* Longest room name, in bytes of UTF-8 (the chat applies the same bound to
+ * rooms users create). */
+#define CHAT_ROOM_NAME_MAX 40
+
+static const yaml_mark_t *mark_of_string(const struct conf_string *s, yaml_mark_t *m)
+{
+    memset(m, 0, sizeof *m);
+    m->line = s->line > 0 ? (size_t)s->line - 1 : 0;
+    m->column = s->column > 0 ? (size_t)s->column - 1 : 0;
+    return m;
+}
+
+static int chat_finish(struct loader *L, yaml_node_t *node, void *base)
+{
+    struct conf_chat *c = base;
+    yaml_mark_t m;
+    if (node) {
+        c->line = (int)node->start_mark.line + 1;
+        c->column = (int)node->start_mark.column + 1;
+    }
+
+    /* modes: names become bits; absent means every mode. */
+    bool modes_given = node && map_get(L, node, "modes");
+    c->modes = modes_given ? 0 : (1u << CONF_CHAT_MODES) - 1;
+    for (size_t i = 0; i < c->n_mode_list; i++) {
+        const struct conf_string *s = &c->mode_list[i];
+        int found = -1;
+        for (int j = 0; j < CONF_CHAT_MODES; j++)
+            if (strcmp(s->value, chat_mode_names[j]) == 0)
+                found = j;
+        size_t saved = path_push(L, "%smodes[%zu]", L->path_len ? "." : "", i);
+        if (found < 0)
+            return fail(L, mark_of_string(s, &m), "unknown mode \"%s\" "
+                        "(expected rooms, support or random)", s->value);
+        if (c->modes & (1u << found))
+            return fail(L, mark_of_string(s, &m), "mode \"%s\" is listed twice", s->value);
+        path_pop(L, saved);
+        c->modes |= 1u << found;
+    }
+    if (c->modes == 0) {
+        size_t saved = path_push_key(L, "modes");
+        int rc = fail(L, node ? &node->start_mark : &m, "expected at least one mode");
+        path_pop(L, saved);
+        return rc;
+    }
+    if (!(c->modes & (1u << c->default_mode))) {
+        yaml_node_t *v = node ? map_get(L, node, "default") : NULL;
+        path_push_key(L, "default");
+        return fail(L, v ? &v->start_mark : node ? &node->start_mark : &m,
+                    "\"%s\" is not one of the enabled modes",
+                    chat_mode_names[c->default_mode]);
+    }
+
+    /* rooms: absent means the classic six; an empty list is allowed when
+     * users may add rooms. */
+    bool rooms_given = node && map_get(L, node, "rooms");
+    if (!rooms_given) {
+        size_t n = sizeof default_chat_rooms / sizeof default_chat_rooms[0];
+        if (!(c->rooms = calloc(n, sizeof *c->rooms)))
+            return fail(L, node ? &node->start_mark : &m, "out of memory");
+        c->n_rooms = n;
+        for (size_t i = 0; i < n; i++)
+            if (!(c->rooms[i].value = strdup(default_chat_rooms[i])))
+                return fail(L, node ? &node->start_mark : &m, "out of memory");
+    }
+    for (size_t i = 0; i < c->n_rooms; i++) {
+        const struct conf_string *s = &c->rooms[i];
+        size_t saved = path_push(L, "%srooms[%zu]", L->path_len ? "." : "", i);
+        size_t len = strlen(s->value);
+        if (len > CHAT_ROOM_NAME_MAX)
+            return fail(L, mark_of_string(s, &m), "a room name has at most %d bytes",
+                        CHAT_ROOM_NAME_MAX);
+        for (size_t j = 0; j < len; j++)
+            if ((unsigned char)s->value[j] < 0x20 || s->value[j] == 0x7f)
+                return fail(L, mark_of_string(s, &m), "control characters are not "
+                            "allowed in a room name");
+        for (size_t j = 0; j < i; j++)
+            if (strcasecmp(c->rooms[j].value, s->value) == 0)
+                return fail(L, mark_of_string(s, &m), "room \"%s\" is listed twice",
+                            s->value);
+        path_pop(L, saved);
+    }
+    if ((c->modes & (1u << CONF_CHAT_ROOMS)) && c->n_rooms == 0 && !c->addable_rooms) {
+        path_push_key(L, "rooms");
+        return fail(L, node ? &node->start_mark : &m, "no rooms, and addable_rooms is "
+                    "off: the rooms mode would have nothing to offer");
+    }
+    if (c->burst < c->rate) {
+        yaml_node_t *v = node ? map_get(L, node, "burst") : NULL;
+        path_push_key(L, "burst");
+        return fail(L, v ? &v->start_mark : node ? &node->start_mark : &m,
+                    "must be at least rate (%u)", c->rate);
+    }
+    return 0;
+}
+
+static const struct conf_key chat_keys[] = {
+    { .name = "enabled", .type = KT_BOOL, .def = "false",
+      .off = offsetof(struct conf_chat, enabled) },
+    { .name = "modes", .type = KT_SECTION_LIST, .min = 0, .sub = &string_section,
+      .noun = "mode", .off = offsetof(struct conf_chat, mode_list),
+      .count_off = offsetof(struct conf_chat, n_mode_list) },
+    { .name = "default", .type = KT_ENUM, .def = "rooms", .names = chat_mode_names,
+      .off = offsetof(struct conf_chat, default_mode) },
+    { .name = "rooms", .type = KT_SECTION_LIST, .min = 0, .sub = &string_section,
+      .noun = "room name", .off = offsetof(struct conf_chat, rooms),
+      .count_off = offsetof(struct conf_chat, n_rooms) },
+    { .name = "addable_rooms", .type = KT_BOOL, .def = "true",
+      .off = offsetof(struct conf_chat, addable_rooms) },
+    { .name = "addable_rooms_visible", .type = KT_BOOL, .def = "true",
+      .off = offsetof(struct conf_chat, addable_rooms_visible) },
+    { .name = "max_name_length", .type = KT_UINT, .def = "30", .min = 1, .max = 100,
+      .off = offsetof(struct conf_chat, max_name_length) },
+    { .name = "history", .type = KT_UINT, .def = "50", .min = 0, .max = 1000,
+      .off = offsetof(struct conf_chat, history) },
+    { .name = "max_message_bytes", .type = KT_BYTES, .def = "2000", .min = 1,
+      .max = 65536, .off = offsetof(struct conf_chat, max_message_bytes) },
+    { .name = "rate", .type = KT_UINT, .def = "5", .min = 1, .max = 1000,
+      .off = offsetof(struct conf_chat, rate) },
+    { .name = "burst", .type = KT_UINT, .def = "10", .min = 1, .max = 10000,
+      .off = offsetof(struct conf_chat, burst) },
+    { .name = "max_rooms_per_user", .type = KT_UINT, .def = "3", .min = 0, .max = 1000,
+      .off = offsetof(struct conf_chat, max_rooms_per_user) },
+    { .name = "max_connections", .type = KT_UINT, .def = "10000", .min = 1,
+      .max = 1000000, .off = offsetof(struct conf_chat, max_connections) },
+    { .name = "reconnect_grace", .type = KT_DURATION, .def = "30s", .min = 0,
+      .max = 3600000, .off = offsetof(struct conf_chat, reconnect_grace_ms) },
+    { .name = "no_show_timeout", .type = KT_DURATION, .def = "30s", .min = 1000,
+      .max = 3600000, .off = offsetof(struct conf_chat, no_show_timeout_ms) },
+    { .name = "log", .type = KT_BOOL, .def = "off",
+      .off = offsetof(struct conf_chat, log) },
+    { .name = NULL },
+};
+
+static const struct section chat_section = {
+    .keys = chat_keys, .finish = chat_finish,
+};
+
 /* Order matters: `pools` before `routes`, which look pools up by name. */
 static const struct conf_key top_keys[] = {
     { .name = "listen", .type = KT_ADDR_LIST, .flags = KEY_REQUIRED, .min = 1,
@@ -1708,6 +1872,8 @@ static const struct conf_key top_keys[] = {
       .off = offsetof(struct conf, telemetry) },
     { .name = "dashboard", .type = KT_SECTION, .sub = &dashboard_section,
       .off = offsetof(struct conf, dashboard) },
+    { .name = "chat", .type = KT_SECTION, .sub = &chat_section,
+      .off = offsetof(struct conf, chat) },
     { .name = NULL },
 };
 

@@ -190,6 +190,37 @@ struct conf_dashboard {
     int line, column;           /* of the `dashboard` key, for messages */
 };
 
+enum conf_chat_mode {
+    CONF_CHAT_ROOMS,            /* open rooms with a lobby */
+    CONF_CHAT_SUPPORT,          /* a customer queue served by staff */
+    CONF_CHAT_RANDOM,           /* one-to-one with a stranger */
+    CONF_CHAT_MODES
+};
+
+/* The chat demo, served by the dashboard server (see dashboard/chat.h). */
+struct conf_chat {
+    bool enabled;               /* default false; needs dashboard.enabled */
+    struct conf_string *mode_list;  /* as written, for messages */
+    size_t n_mode_list;
+    unsigned modes;             /* bits 1 << enum conf_chat_mode; default all */
+    int default_mode;           /* enum conf_chat_mode; default rooms */
+    struct conf_string *rooms;  /* fixed rooms; default Lobby … Nightclub */
+    size_t n_rooms;
+    bool addable_rooms;         /* users may create rooms; default true */
+    bool addable_rooms_visible; /* …listed in the lobby; default true */
+    uint32_t max_name_length;   /* characters; default 30 */
+    uint32_t history;           /* messages a joiner gets; default 50 */
+    uint32_t max_message_bytes; /* of a message's text; default 2000 */
+    uint32_t rate;              /* messages a second per connection; 5 */
+    uint32_t burst;             /* …and at once; 10 */
+    uint32_t max_rooms_per_user;/* rooms one user created that exist; 3 */
+    uint32_t max_connections;   /* chat WebSockets at once; 10000 */
+    uint32_t reconnect_grace_ms;/* a dropped user keeps its place; 30s */
+    uint32_t no_show_timeout_ms;/* an offered customer must arrive; 30s */
+    bool log;                   /* chat lines in the log; default off */
+    int line, column;           /* of the `chat` key, for messages */
+};
+
 struct conf {
     char *file;                 /* path the config was read from */
 
@@ -212,6 +243,7 @@ struct conf {
     struct conf_access_log access_log;
     struct conf_telemetry  telemetry;
     struct conf_dashboard  dashboard;
+    struct conf_chat       chat;
 };
 
 /*
@@ -238,5 +270,7 @@ int conf_parse_cidr(const char *text, struct conf_cidr *out, char *err, size_t e
 bool conf_cidr_match(const struct conf_cidr *cidr, const struct sockaddr *addr);
 
 const char *conf_balance_name(enum conf_balance b);
+/* "rooms", "support", "random". */
+const char *conf_chat_mode_name(enum conf_chat_mode m);
 
 #endif

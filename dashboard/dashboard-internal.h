@@ -7,11 +7,13 @@
  *   http.c          protocols[0]: page, assets, /metrics, the API, auth, the
  *                   gate in front of every WebSocket upgrade
  *   ws_telemetry.c  the "switchboard.telemetry" WebSocket protocol
+ *   ws_chat.c       the "switchboard.chat" WebSocket protocol (transport)
+ *   chat.c          the chat's rooms, queue and match-ups (chat.h)
  *   assets.c        lookups in the table that embed.py generates
  *   auth.c          access rules as pure functions (auth.h)
  *
  * A WebSocket protocol is one file with one callback and one row in the
- * protocols table in server.c ("switchboard.chat" will be the next).
+ * protocols table in server.c.
  *
  * Everything declared here runs on the dashboard's service thread unless its
  * comment says otherwise.
@@ -29,6 +31,7 @@
 
 #define DASH_PROTOCOL_HTTP       "http"
 #define DASH_PROTOCOL_TELEMETRY  "switchboard.telemetry"
+#define DASH_PROTOCOL_CHAT       "switchboard.chat"
 
 /* Bytes of a body written per HTTP_WRITEABLE callback, and the size of the
  * shared write buffer (after its LWS_PRE head room). */
@@ -126,6 +129,43 @@ struct dash_tel {
     uint64_t snapshots, deltas, event_msgs, pings, overflows;
 };
 
+/* One chat WebSocket (lws per-session data of "switchboard.chat"). */
+#define CHAT_QUEUE_MAX       256            /* frames waiting per client */
+#define CHAT_QUEUE_BYTES_MAX (1u << 20)     /* bytes waiting per client */
+
+struct chat;
+struct chat_user;
+
+struct dash_chat_client {
+    struct lws *wsi;                        /* NULL once closed */
+    struct chat_user *user;                 /* the core's; NULL: none/dropped */
+    struct dash_msg *queue[CHAT_QUEUE_MAX]; /* ring, oldest at `head` */
+    unsigned head, count;
+    size_t queued_bytes;
+    char *rx;                               /* a message being gathered */
+    size_t rx_len, rx_cap;
+    bool rx_skip, rx_too_long;              /* skipping to the message's end */
+    bool closing;                           /* close once the queue is out */
+    bool refused_full;                      /* …because chat.max_connections */
+};
+
+/* The chat's shared state (in struct dashboard). */
+struct dash_chat {
+    bool enabled;
+    struct chat *chat;                      /* owned */
+    lws_sorted_usec_list_t tick_sul;
+    size_t n_clients;
+    uint32_t max_connections;
+    size_t max_frame;                       /* bytes of one incoming message */
+    uint64_t overflows, refused_full;
+};
+
+/* ws_chat.c: set up from the config (main thread, before the service thread
+ * runs), arm the timer (service thread), free (after the context). */
+int dash_chat_start(struct dashboard *d, const struct conf_chat *conf);
+void dash_chat_arm(struct dashboard *d);
+void dash_chat_stop(struct dashboard *d);
+
 /* ---- the dashboard ------------------------------------------------------ */
 
 struct dashboard {
@@ -149,6 +189,7 @@ struct dashboard {
     int64_t refusal_log_us;                 /* rate limit of refusal lines */
     unsigned refusals_quiet;
     struct dash_tel tel;
+    struct dash_chat chat;
 };
 
 /* The dashboard that owns `wsi`'s context. */
@@ -163,6 +204,8 @@ int dash_http_callback(struct lws *wsi, enum lws_callback_reasons reason,
                        void *user, void *in, size_t len);
 int dash_telemetry_callback(struct lws *wsi, enum lws_callback_reasons reason,
                             void *user, void *in, size_t len);
+int dash_chat_callback(struct lws *wsi, enum lws_callback_reasons reason,
+                       void *user, void *in, size_t len);
 
 /* Add the headers every answer carries (CSP, nosniff, referrer policy) at
  * *p (before `end`). 0, or -1 if they do not fit. */

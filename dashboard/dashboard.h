@@ -46,12 +46,14 @@
 struct dashboard;
 
 /*
- * Start the server thread for `conf` (copied) reading `agg` (borrowed; must
+ * Start the server thread for `conf` (copied), with the chat when `chat`
+ * (copied; may be NULL) is enabled, reading `agg` (borrowed; must
  * outlive the dashboard; may be NULL when telemetry is off: the API then
  * answers 503). Returns NULL with `err` filled when the listener cannot be
  * opened. Main thread only.
  */
 struct dashboard *dashboard_start(const struct conf_dashboard *conf,
+                                  const struct conf_chat *chat,
                                   struct tm_aggregator *agg,
                                   char *err, size_t errlen);
 
@@ -69,5 +71,6 @@ void dashboard_stop(struct dashboard *dashboard);
  * restart). Any thread. */
 bool dashboard_conf_equal(const struct conf_dashboard *a,
                           const struct conf_dashboard *b);
+bool dashboard_chat_conf_equal(const struct conf_chat *a, const struct conf_chat *b);
 
 #endif

@@ -139,6 +139,9 @@ static void answer_owned(struct dash_http_session *s, const char *type, char *bo
     s->cache = DASH_NO_STORE;
 }
 
+static void route(struct dashboard *d, struct dash_http_session *s, struct lws *wsi,
+                  const char *path);
+
 static void answer_unauthorized(struct dashboard *d, struct dash_http_session *s)
 {
     answer_static(s, 401, "401 Unauthorized: send Authorization: Bearer TOKEN, open "
@@ -150,7 +153,8 @@ static void answer_unauthorized(struct dashboard *d, struct dash_http_session *s
 
 /* /?token=TOKEN: the right token becomes an HttpOnly cookie and the browser
  * goes on to / (so the token leaves the address bar); a wrong one is a 401. */
-static void answer_login(struct dashboard *d, struct dash_http_session *s, char *token)
+static void answer_login(struct dashboard *d, struct dash_http_session *s, char *token,
+                         const char *next)
 {
     if (!dash_auth_token_ok(d->auth, token)) {
         answer_unauthorized(d, s);
@@ -165,8 +169,43 @@ static void answer_login(struct dashboard *d, struct dash_http_session *s, char 
     }
     sprintf(s->set_cookie, "%s=%s%s", DASH_COOKIE_NAME, enc, attrs);
     explicit_bzero(enc, sizeof enc);
-    answer_static(s, 302, "302 Found: /\n");
-    s->location = "/";
+    answer_static(s, 302, "302 Found\n");
+    s->location = next;
+}
+
+static void answer_redirect(struct dash_http_session *s, const char *to)
+{
+    answer_static(s, 302, "302 Found\n");
+    s->location = to;
+}
+
+/* The chat's pages and assets (dashboard/web/chat/): public, since end
+ * users reach them through the proxy; /chat/staff/ needs the dashboard's
+ * credentials like every other page. */
+enum chat_path { NOT_CHAT, CHAT_PUBLIC, CHAT_STAFF };
+
+static enum chat_path chat_path_kind(const struct dashboard *d, const char *path)
+{
+    if (!d->chat.enabled || strncmp(path, "/chat", 5) != 0 ||
+        (path[5] != '\0' && path[5] != '/'))
+        return NOT_CHAT;
+    if (strncmp(path, "/chat/staff", 11) == 0 && (path[11] == '\0' || path[11] == '/'))
+        return CHAT_STAFF;
+    return CHAT_PUBLIC;
+}
+
+static void route_chat(struct dash_http_session *s, struct lws *wsi, const char *path)
+{
+    if (strcmp(path, "/chat") == 0)
+        answer_redirect(s, "/chat/");
+    else if (strcmp(path, "/chat/staff") == 0)
+        answer_redirect(s, "/chat/staff/");
+    else if (strcmp(path, "/chat/") == 0 || strcmp(path, "/chat/staff/") == 0)
+        route(dash_of(wsi), s, wsi, "/chat/index.html");
+    else if (strncmp(path, "/chat/staff/", 12) == 0)
+        answer_static(s, 404, "404 Not Found\n");
+    else
+        route(dash_of(wsi), s, wsi, path);
 }
 
 static void route(struct dashboard *d, struct dash_http_session *s, struct lws *wsi,
@@ -227,7 +266,14 @@ static int on_request(struct lws *wsi, struct dash_http_session *s, const char *
         s->head_only = method == LWSHUMETH_HEAD;
         bool allowed = true;
         char token[TOKEN_MAX];
-        if (!dash_auth_required(d->auth)) {
+        enum chat_path chat = chat_path_kind(d, path);
+        if (chat == CHAT_PUBLIC) {
+            /* Public pages: no credentials, and any Host (the proxy's). */
+        } else if (chat == CHAT_STAFF && !dash_auth_required(d->auth)) {
+            answer_static(s, 403, "403 Forbidden: the chat's staff pages need "
+                                  "dashboard.auth to be set\n");
+            allowed = false;
+        } else if (!dash_auth_required(d->auth)) {
             char *host = header_dup(wsi, WSI_TOKEN_HOST);
             if (!dash_host_allowed(host, (const char *const *)d->allowed_origins,
                                    d->n_allowed_origins)) {
@@ -236,8 +282,9 @@ static int on_request(struct lws *wsi, struct dash_http_session *s, const char *
                 allowed = false;
             }
             free(host);
-        } else if (strcmp(path, "/") == 0 && query_arg(wsi, "token", token, sizeof token)) {
-            answer_login(d, s, token);
+        } else if ((strcmp(path, "/") == 0 || strcmp(path, "/chat/staff/") == 0) &&
+                   query_arg(wsi, "token", token, sizeof token)) {
+            answer_login(d, s, token, chat == CHAT_STAFF ? "/chat/staff/" : "/");
             explicit_bzero(token, sizeof token);
             allowed = false;
         } else {
@@ -250,7 +297,9 @@ static int on_request(struct lws *wsi, struct dash_http_session *s, const char *
             free_secret(authz);
             free_secret(cookie);
         }
-        if (allowed)
+        if (allowed && chat != NOT_CHAT)
+            route_chat(s, wsi, path);
+        else if (allowed)
             route(d, s, wsi, path);
     }
     lws_callback_on_writable(wsi);
@@ -337,8 +386,8 @@ static void log_refusal(struct dashboard *d, const char *why, const char *detail
            detail ? " " : "", detail ? detail : "", more);
 }
 
-/* Does the Sec-WebSocket-Protocol list name one of our subprotocols? */
-static bool offers_known_protocol(const char *list)
+/* Does the Sec-WebSocket-Protocol list name `name`? */
+static bool offers_protocol(const char *list, const char *name)
 {
     if (!list)
         return false;
@@ -349,11 +398,19 @@ static bool offers_known_protocol(const char *list)
         const char *e = p;
         while (*e && *e != ',' && *e != ' ' && *e != '\t')
             e++;
-        for (const struct lws_protocols *pr = dash_protocols() + 1; pr->name; pr++)
-            if ((size_t)(e - p) == strlen(pr->name) && strncmp(p, pr->name, (size_t)(e - p)) == 0)
-                return true;
+        if ((size_t)(e - p) == strlen(name) && strncmp(p, name, (size_t)(e - p)) == 0)
+            return true;
         p = e;
     }
+    return false;
+}
+
+/* Does the list name one of our subprotocols? */
+static bool offers_known_protocol(const char *list)
+{
+    for (const struct lws_protocols *pr = dash_protocols() + 1; pr->name; pr++)
+        if (offers_protocol(list, pr->name))
+            return true;
     return false;
 }
 
@@ -402,11 +459,33 @@ static int confirm_upgrade(struct lws *wsi, const char *upgrade)
     char *host = header_dup(wsi, WSI_TOKEN_HOST);
     char *authz = header_dup(wsi, WSI_TOKEN_HTTP_AUTHORIZATION);
     char *cookie = header_dup(wsi, WSI_TOKEN_HTTP_COOKIE);
+    char path[64] = "";
+    lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI);
+    enum chat_path chat = offers_protocol(protocol, DASH_PROTOCOL_CHAT)
+                          ? chat_path_kind(d, path) : NOT_CHAT;
     int rc = -1;
     if (!offers_known_protocol(protocol)) {
         log_refusal(d, "no known subprotocol offered:", protocol ? protocol : "(none)");
         refuse_upgrade(wsi, d, 400, "400 Bad Request: offer the subprotocol "
                        DASH_PROTOCOL_TELEMETRY "\n", NULL);
+    } else if (chat == CHAT_PUBLIC) {
+        /* The chat is public: only the Origin matters (a page of another
+         * site must not talk to it in its users' name). */
+        if (dash_origin_allowed(origin, host, (const char *const *)d->allowed_origins,
+                                d->n_allowed_origins)) {
+            rc = 0;
+        } else {
+            log_refusal(d, "chat: Origin not allowed:", origin);
+            refuse_upgrade(wsi, d, 403, "403 Forbidden: Origin not allowed\n", NULL);
+        }
+    } else if (offers_protocol(protocol, DASH_PROTOCOL_CHAT) && chat == NOT_CHAT &&
+               !offers_protocol(protocol, DASH_PROTOCOL_TELEMETRY)) {
+        log_refusal(d, "chat WebSocket outside /chat/ or chat off:", path);
+        refuse_upgrade(wsi, d, 404, "404 Not Found: the chat is at /chat/ws\n", NULL);
+    } else if (chat == CHAT_STAFF && !dash_auth_required(d->auth)) {
+        log_refusal(d, "chat staff without dashboard.auth", NULL);
+        refuse_upgrade(wsi, d, 403, "403 Forbidden: the chat's staff pages need "
+                       "dashboard.auth to be set\n", NULL);
     } else if (dash_auth_check(d->auth, authz, cookie) != DASH_AUTH_OK) {
         log_refusal(d, "not authenticated", NULL);
         refuse_upgrade(wsi, d, 401, "401 Unauthorized\n",

@@ -45,7 +45,8 @@ static const struct lws_protocols protocols[] = {
       0, NULL, 0 },
     { DASH_PROTOCOL_TELEMETRY, dash_telemetry_callback, sizeof(struct dash_tel_client),
       1024, 1, NULL, 0 },
-    /* { "switchboard.chat", dash_chat_callback, sizeof(struct dash_chat_client), ... }, */
+    { DASH_PROTOCOL_CHAT, dash_chat_callback, sizeof(struct dash_chat_client),
+      4096, 2, NULL, 0 },
     { NULL, NULL, 0, 0, 0, NULL, 0 },
 };
 
@@ -121,6 +122,7 @@ static void lws_log_line(int level, const char *line)
 static void *service_main(void *arg)
 {
     struct dashboard *d = arg;
+    dash_chat_arm(d);
     for (;;) {
         pthread_mutex_lock(&d->wake_lock);
         bool stop = d->stopping;
@@ -171,12 +173,14 @@ static void dash_free(struct dashboard *d)
         free(d->allowed_origins[i]);
     free(d->allowed_origins);
     dash_auth_free(d->auth);
+    dash_chat_stop(d);          /* after the context: closing calls into it */
     free(d->wbuf);
     pthread_mutex_destroy(&d->wake_lock);
     free(d);
 }
 
 struct dashboard *dashboard_start(const struct conf_dashboard *conf,
+                                  const struct conf_chat *chat,
                                   struct tm_aggregator *agg, char *err, size_t errlen)
 {
     struct dashboard *d = calloc(1, sizeof *d);
@@ -197,6 +201,8 @@ struct dashboard *dashboard_start(const struct conf_dashboard *conf,
         ok = (d->allowed_origins[i] = strdup(conf->allowed_origins[i].value)) != NULL;
         d->n_allowed_origins = i + 1;
     }
+    if (ok && chat && chat->enabled)
+        ok = dash_chat_start(d, chat) == 0;
     if (!ok) {
         snprintf(err, errlen, "dashboard: out of memory");
         dash_free(d);
@@ -280,6 +286,26 @@ void dashboard_stop(struct dashboard *d)
     pthread_mutex_unlock(&d->wake_lock);
     pthread_join(d->thread, NULL);
     dash_free(d);
+}
+
+/* Any thread: compares plain config data. */
+bool dashboard_chat_conf_equal(const struct conf_chat *a, const struct conf_chat *b)
+{
+    if (a->enabled != b->enabled || a->modes != b->modes ||
+        a->default_mode != b->default_mode || a->n_rooms != b->n_rooms ||
+        a->addable_rooms != b->addable_rooms ||
+        a->addable_rooms_visible != b->addable_rooms_visible ||
+        a->max_name_length != b->max_name_length || a->history != b->history ||
+        a->max_message_bytes != b->max_message_bytes || a->rate != b->rate ||
+        a->burst != b->burst || a->max_rooms_per_user != b->max_rooms_per_user ||
+        a->max_connections != b->max_connections ||
+        a->reconnect_grace_ms != b->reconnect_grace_ms ||
+        a->no_show_timeout_ms != b->no_show_timeout_ms || a->log != b->log)
+        return false;
+    for (size_t i = 0; i < a->n_rooms; i++)
+        if (strcmp(a->rooms[i].value, b->rooms[i].value) != 0)
+            return false;
+    return true;
 }
 
 /* Any thread: compares plain config data. */

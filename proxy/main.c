@@ -165,7 +165,7 @@ static int start_dashboard(struct main_state *st)
     if (!dc->enabled)
         return 0;
     char err[256];
-    struct dashboard *d = dashboard_start(dc, st->aggregator, err, sizeof err);
+    struct dashboard *d = dashboard_start(dc, &st->conf->chat, st->aggregator, err, sizeof err);
     if (!d) {
         sb_log(SB_LOG_ERROR, "%s", err);
         return -1;
@@ -173,6 +173,9 @@ static int start_dashboard(struct main_state *st)
     atomic_store(&st->dashboard, d);
     sb_log(SB_LOG_INFO, "dashboard on http://%s/%s", dc->listen.text,
            dc->token || dc->n_users ? "" : " (no auth: loopback only)");
+    if (st->conf->chat.enabled)
+        sb_log(SB_LOG_INFO, "chat on http://%s/chat/ (staff: /chat/staff/)",
+               dc->listen.text);
     return 0;
 }
 
@@ -251,8 +254,9 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         conf_free(conf);
         return;
     }
-    if (!dashboard_conf_equal(&st->conf->dashboard, &conf->dashboard))
-        sb_log(SB_LOG_WARN, "dashboard settings changed: they take effect at the "
+    if (!dashboard_conf_equal(&st->conf->dashboard, &conf->dashboard) ||
+        !dashboard_chat_conf_equal(&st->conf->chat, &conf->chat))
+        sb_log(SB_LOG_WARN, "dashboard or chat settings changed: they take effect at the "
                "next restart");
     conf_free(st->conf);
     st->conf = conf;

@@ -144,7 +144,7 @@ static void test_start_wake_stop(void)
     if (!c || port <= 0)
         return;
     char err[256] = "";
-    struct dashboard *d = dashboard_start(&c->dashboard, NULL, err, sizeof err);
+    struct dashboard *d = dashboard_start(&c->dashboard, NULL, NULL, err, sizeof err);
     CHECKF(d != NULL, "%s", err);
     if (!d) {
         conf_free(c);
@@ -169,7 +169,7 @@ static void test_start_wake_stop(void)
     /* A second dashboard on the same address: a start-up error that says
      * why. */
     char err2[256] = "";
-    struct dashboard *d2 = dashboard_start(&c->dashboard, NULL, err2, sizeof err2);
+    struct dashboard *d2 = dashboard_start(&c->dashboard, NULL, NULL, err2, sizeof err2);
     CHECK(d2 == NULL);
     CHECKF(strstr(err2, "cannot listen on 127.0.0.1:") != NULL &&
            strstr(err2, "in use") != NULL, "%s", err2);
@@ -194,7 +194,7 @@ static void test_start_stop_repeatedly(void)
         if (!c)
             return;
         char err[256];
-        struct dashboard *d = dashboard_start(&c->dashboard, NULL, err, sizeof err);
+        struct dashboard *d = dashboard_start(&c->dashboard, NULL, NULL, err, sizeof err);
         CHECKF(d != NULL, "%s", err);
         conf_free(c);               /* the dashboard keeps its own copy */
         if (d) {
