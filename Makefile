@@ -71,6 +71,7 @@ BACKEND_HDR := $(wildcard tests/backend/*.h)
 BACKEND_BIN := $(BUILD)/sb-backend
 
 WSLOAD_BIN  := $(BUILD)/wsload
+CHATLOAD_BIN := $(BUILD)/chatload
 
 UNIT_SRC    := $(wildcard tests/unit/*/test_*.c)
 UNIT_BIN    := $(UNIT_SRC:%.c=$(BUILD)/%)
@@ -99,6 +100,10 @@ $(BACKEND_BIN): $(BACKEND_SRC) $(BACKEND_HDR)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $(BACKEND_SRC) $(PKG_LIBS)
 
 $(WSLOAD_BIN): tests/bench/wsload.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $<
+
+$(CHATLOAD_BIN): tests/bench/chatload.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $<
 

@@ -1092,9 +1092,9 @@ struct chat_user *chat_connect(struct chat *c, void *conn, bool staff, const cha
         if (c->conf.modes & (1u << m))
             json_array_append_new(modes, json_string(conf_chat_mode_name(m)));
     send_frame(c, u, "welcome", json_pack(
-        "{s:o, s:s, s:b, s:b, s:b, s:{s:I, s:I, s:I, s:I, s:I}}",
+        "{s:o, s:s, s:b, s:s, s:b, s:b, s:{s:I, s:I, s:I, s:I, s:I}}",
         "modes", modes, "default", conf_chat_mode_name(c->conf.default_mode),
-        "staff", staff, "addable_rooms", c->conf.addable_rooms,
+        "staff", staff, "resume", u->resume, "addable_rooms", c->conf.addable_rooms,
         "addable_rooms_visible", c->conf.addable_rooms_visible, "limits",
         "max_name_length", (json_int_t)c->conf.max_name_length,
         "max_message_bytes", (json_int_t)c->conf.max_message_bytes,

@@ -21,9 +21,12 @@
  *
  * Server -> client
  *   welcome   {"modes":["rooms","support","random"],"default":"rooms",
- *              "staff":false,"addable_rooms":true,"addable_rooms_visible":true,
- *              "limits":{"max_name_length":30,"max_message_bytes":2000,
- *              "rate":5,"burst":10,"history":50}}            first frame
+ *              "staff":false,"resume":"hex","addable_rooms":true,
+ *              "addable_rooms_visible":true,"limits":{"max_name_length":30,
+ *              "max_message_bytes":2000,"rate":5,"burst":10,"history":50}}
+ *              first frame; `resume` (also in "joined") is this user's
+ *              token: after a reconnect, "resume" with it gets the room,
+ *              queue place or offer back
  *   rooms     {"rooms":[{"name":"Lobby","users":2,"names":["ann","bob"],
  *              "fixed":true}]}     answer to "rooms", then again (at most
  *              twice a second) while the list changes, until "join"

@@ -2,13 +2,16 @@
 """Switchboard demo (`make run`).
 
 Starts the demo backends that conf/switchboard.yaml names (sb-backend on
-127.0.0.1:9001-9005), then ./switchboard with that config (proxy on :8080,
-live dashboard on :8081), then tests/demo_traffic.py, which sends requests
+127.0.0.1:9001-9005), then ./switchboard with a copy of that config that
+adds a random dashboard token (proxy on :8080, live dashboard on :8081, the
+chat demo at :8080/chat/ through the proxy, its staff page needing the
+token), then tests/demo_traffic.py, which sends requests
 from addresses all over the world so the map is alive within seconds. Prints
 where to point a browser or curl, and stops everything on Ctrl-C (or
 SIGTERM).
 """
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -71,7 +74,19 @@ def main():
                                  stdout=subprocess.DEVNULL)
             procs.append(p)
             wait_port(port, p, f"backend {ident}")
-        proxy = subprocess.Popen([os.path.join(ROOT, "switchboard"), "-c", CONFIG])
+        token = secrets.token_urlsafe(24)
+        with open(CONFIG) as f:
+            text = f.read()
+        anchor = "dashboard:\n  enabled: true\n"
+        if anchor not in text:
+            raise SystemExit(f"{CONFIG} has no '{anchor.strip()}' block to add a token to")
+        workdir = os.path.join(ROOT, "build", "demo")
+        os.makedirs(workdir, exist_ok=True)
+        config = os.path.join(workdir, "switchboard.yaml")
+        with open(config, "w") as f:
+            f.write(text.replace(anchor, anchor + f"  auth:\n    token: {token}\n", 1))
+        os.chmod(config, 0o600)
+        proxy = subprocess.Popen([os.path.join(ROOT, "switchboard"), "-c", config])
         procs.append(proxy)
         wait_port(PROXY_PORT, proxy, "switchboard")
         dashboard = port_open(DASHBOARD_PORT)
@@ -80,15 +95,18 @@ def main():
                                     "--port", str(PROXY_PORT)])
         procs.append(traffic)
         print(f"""
-Switchboard is running with {CONFIG}
+Switchboard is running with {CONFIG} (+ a token: {config})
   proxy:     http://127.0.0.1:{PROXY_PORT}/        (also http://[::1]:{PROXY_PORT}/)
   try:       curl -s http://127.0.0.1:{PROXY_PORT}/          -> pool web (3 servers, weights 1,1,2)
              curl -s http://127.0.0.1:{PROXY_PORT}/api/      -> pool api (least_conn, with a backup)
              curl -s http://127.0.0.1:{PROXY_PORT}/echo      -> what the backend received
   reload:    kill -HUP {proxy.pid}
-  dashboard: {"http://127.0.0.1:%d/  (live map; no token needed on loopback)" % DASHBOARD_PORT
+  dashboard: {"http://127.0.0.1:%d/?token=%s  (live map)" % (DASHBOARD_PORT, token)
               if dashboard else "(disabled in the config)"}
-  metrics:   http://127.0.0.1:{DASHBOARD_PORT}/metrics   http://127.0.0.1:{DASHBOARD_PORT}/api/stats
+  token:     {token}
+  metrics:   curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{DASHBOARD_PORT}/metrics
+  chat:      http://127.0.0.1:{PROXY_PORT}/chat/   (through the proxy; open it in two tabs)
+  staff:     http://127.0.0.1:{PROXY_PORT}/chat/staff/?token={token}  (support queue)
   traffic:   tests/demo_traffic.py is sending requests from around the world
 Press Ctrl-C to stop.
 """, flush=True)

@@ -900,6 +900,82 @@ static void conf_telemetry_keys(void)
                  "to 1048576, got \"1\"");
 }
 
+/* chat: off by default with the classic rooms; modes, default and rooms
+ * checked with file:line:col; needs the dashboard. */
+static void conf_chat_keys(void)
+{
+    struct conf *c = load(BASE_LISTEN BASE_POOL);
+    CHECK(c && !c->chat.enabled && c->chat.modes == 7 && c->chat.default_mode == CONF_CHAT_ROOMS);
+    CHECK(c && c->chat.n_rooms == 6 && strcmp(c->chat.rooms[0].value, "Lobby") == 0 &&
+          strcmp(c->chat.rooms[5].value, "Nightclub") == 0);
+    CHECK(c && c->chat.max_name_length == 30 && c->chat.history == 50 &&
+          c->chat.max_message_bytes == 2000 && c->chat.rate == 5 && c->chat.burst == 10 &&
+          !c->chat.log && c->chat.addable_rooms && c->chat.addable_rooms_visible);
+    conf_free(c);
+
+    c = load(BASE_LISTEN BASE_POOL
+             "chat:\n"
+             "  enabled: true\n"
+             "  modes: [support, random]\n"
+             "  default: support\n"
+             "  rooms: []\n"
+             "  addable_rooms_visible: false\n"
+             "  max_message_bytes: 1k\n"
+             "  reconnect_grace: 0s\n"
+             "  log: on\n");
+    CHECKF(c != NULL, "%s", err);
+    if (c) {
+        CHECK(c->chat.enabled && c->chat.modes == ((1u << CONF_CHAT_SUPPORT) | (1u << CONF_CHAT_RANDOM)));
+        CHECK(c->chat.default_mode == CONF_CHAT_SUPPORT && c->chat.n_rooms == 0);
+        CHECK(!c->chat.addable_rooms_visible && c->chat.max_message_bytes == 1024);
+        CHECK(c->chat.reconnect_grace_ms == 0 && c->chat.log);
+    }
+    conf_free(c);
+
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL
+                 "chat:\n"
+                 "  modes: [rooms, chess]\n",
+                 "t.yaml:8:18: chat.modes[1]: unknown mode \"chess\" (expected rooms, "
+                 "support or random)");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL
+                 "chat:\n"
+                 "  modes: [random]\n",
+                 "t.yaml:8:3: chat.default: \"rooms\" is not one of the enabled modes");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL
+                 "chat:\n"
+                 "  default: lobby\n",
+                 "t.yaml:8:12: chat.default: expected one of rooms, support or random, "
+                 "got \"lobby\"");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL
+                 "chat:\n"
+                 "  rooms:\n"
+                 "    - Lobby\n"
+                 "    - lobby\n",
+                 "t.yaml:10:7: chat.rooms[1]: room \"lobby\" is listed twice");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL
+                 "chat:\n"
+                 "  rooms: []\n"
+                 "  addable_rooms: false\n",
+                 "t.yaml:8:3: chat.rooms: no rooms, and addable_rooms is off: the rooms "
+                 "mode would have nothing to offer");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL
+                 "chat:\n"
+                 "  rate: 20\n",
+                 "t.yaml:8:3: chat.burst: must be at least rate (20)");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL
+                 "chat:\n"
+                 "  max_name_length: 0\n",
+                 "t.yaml:8:20: chat.max_name_length: expected an integer from 1 to 100, "
+                 "got \"0\"");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL
+                 "dashboard:\n"
+                 "  enabled: false\n"
+                 "chat:\n"
+                 "  enabled: true\n",
+                 "t.yaml:10:3: chat.enabled: the chat is served by the dashboard server: "
+                 "set dashboard.enabled too");
+}
+
 /* dashboard: defaults, auth rules, loopback-only without auth. */
 static void conf_dashboard_keys(void)
 {
@@ -1041,6 +1117,7 @@ int main(void)
     RUN(conf_error_frees_everything);
     RUN(conf_telemetry_keys);
     RUN(conf_dashboard_keys);
+    RUN(conf_chat_keys);
     RUN(conf_health_check_keys);
     RUN(conf_queue_keys);
     return check_done();
