@@ -78,7 +78,12 @@ UNIT_BIN    := $(UNIT_SRC:%.c=$(BUILD)/%)
 
 .PHONY: all deps geo-db test asan run install clean unit-bins bench bench-deps fuzz
 
-all: switchboard $(BACKEND_BIN) unit-bins
+all: $(BUILD)/switchboard $(BACKEND_BIN) unit-bins
+
+# ./switchboard is the release build; sanitizer builds stay in their dirs.
+ifeq ($(BUILD),build/release)
+all: switchboard
+endif
 
 # Copy then rename: a ./switchboard that is running stays untouched.
 switchboard: $(BUILD)/switchboard

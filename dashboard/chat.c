@@ -692,7 +692,7 @@ static void do_join(struct chat *c, struct chat_user *u, json_t *req, bool creat
             return;
         }
         if (!name_ok(room, ROOM_NAME_MAX, ROOM_NAME_MAX)) {
-            send_error(c, u, "name_invalid", ref, "a room name has 1 to 40 bytes, no "
+            send_error(c, u, "room_invalid", ref, "a room name has 1 to 40 bytes, no "
                        "control characters and no space at either end");
             return;
         }
@@ -803,6 +803,8 @@ static void do_rename(struct chat *c, struct chat_user *u, json_t *req)
                    "nickname: pick another");
         return;
     }
+    if (strcmp(name, u->name) == 0)
+        return;                 /* nothing changes, nothing to announce */
     char *old = u->name;
     u->name = NULL;
     if (set_name(u, name) < 0) {
@@ -863,9 +865,14 @@ static void do_take(struct chat *c, struct chat_user *u, json_t *req)
     const char *name = nickname_arg(c, u, req, "take");
     if (!name)
         return;
+    /* The oldest customer who is here: one whose page is reconnecting
+     * keeps its place, but would only cost the staff member a no-show. */
     struct chat_user *cust = c->queue.head;
+    while (cust && !cust->conn)
+        cust = cust->line_link.next;
     if (!cust) {
-        send_error(c, u, "queue_empty", "take", "nobody is waiting");
+        send_error(c, u, "queue_empty", "take", c->queue.n ? "nobody who is waiting is "
+                   "connected right now" : "nobody is waiting");
         return;
     }
     leave_all(c, u, true);

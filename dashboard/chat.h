@@ -53,7 +53,7 @@
  *   error     {"code":"too_long","message":"...","ref":"say"}  the request
  *              named in `ref` was refused; nothing else changed. Codes:
  *              bad_json unknown_type bad_request too_long rate_limited
- *              name_invalid name_taken no_such_room room_exists
+ *              name_invalid name_taken room_invalid no_such_room room_exists
  *              rooms_locked room_limit mode_disabled not_staff not_in_room
  *              busy queue_empty resume_failed server_full
  *
@@ -69,7 +69,10 @@
  *   arrive    {}                              customer: accept an offer
  *   staff     {}                              staff: watch the queue
  *   take      {"name":"ann"}                  staff: take the oldest
- *   random    {"name":"cat"}                  pair with a stranger
+ *              customer who is connected (a reconnecting one keeps its
+ *              place)
+ *   random    {"name":"cat"}                  pair with a stranger (never
+ *              straight back with the one just left: then wait)
  *   resume    {"token":"hex"}                 after a reconnect: back into
  *              the room (or queue) under the same name, unannounced
  */

@@ -254,10 +254,11 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         conf_free(conf);
         return;
     }
-    if (!dashboard_conf_equal(&st->conf->dashboard, &conf->dashboard) ||
-        !dashboard_chat_conf_equal(&st->conf->chat, &conf->chat))
-        sb_log(SB_LOG_WARN, "dashboard or chat settings changed: they take effect at the "
+    if (!dashboard_conf_equal(&st->conf->dashboard, &conf->dashboard))
+        sb_log(SB_LOG_WARN, "dashboard settings changed: they take effect at the "
                "next restart");
+    if (!dashboard_chat_conf_equal(&st->conf->chat, &conf->chat))
+        sb_log(SB_LOG_WARN, "chat settings changed: they take effect at the next restart");
     conf_free(st->conf);
     st->conf = conf;
     sb_log(SB_LOG_INFO, "reloaded %s", st->config_path);

@@ -56,7 +56,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer")
 
 # ---------------------------------------------------------------- registry
 
@@ -136,7 +137,7 @@ _sanitized_cache = {}
 
 
 def is_sanitized(directory=None):
-    """True if the build dir holds an ASan/UBSan build.
+    """True if the build dir holds a sanitizer build (ASan/UBSan or TSan).
 
     SB_SANITIZED=1/0 decides if set (tests/run.py sets it); otherwise the
     binaries are searched for the ASan runtime."""
@@ -162,7 +163,7 @@ def _detect_sanitized(directory):
         except OSError:
             continue
         seen_any = True
-        if b"__asan_init" in data or b"__ubsan_handle" in data:
+        if b"__asan_init" in data or b"__ubsan_handle" in data or b"__tsan_init" in data:
             return True
     return not seen_any and "asan" in os.path.basename(os.path.normpath(directory))
 
