@@ -354,8 +354,8 @@ static void conf_sample_file(void)
     CHECK(c->n_listen == 2);
     CHECK(strcmp(c->listen[0].text, "127.0.0.1:8080") == 0);
     CHECK(strcmp(c->listen[1].text, "[::1]:8080") == 0);
-    CHECK(c->n_pools == 2);
-    const struct conf_pool *web = &c->pools[0], *api = &c->pools[1];
+    CHECK(c->n_pools == 3);
+    const struct conf_pool *web = &c->pools[0], *api = &c->pools[1], *chat = &c->pools[2];
     CHECK(strcmp(web->name, "web") == 0 && web->balance == CONF_BALANCE_ROUND_ROBIN);
     CHECK(web->n_servers == 3);
     CHECK(strcmp(web->servers[0].addr.text, "127.0.0.1:9001") == 0);
@@ -368,9 +368,14 @@ static void conf_sample_file(void)
     CHECK(api->n_servers == 2);
     CHECK(strcmp(api->servers[0].addr.text, "127.0.0.1:9004") == 0 && !api->servers[0].backup);
     CHECK(strcmp(api->servers[1].addr.text, "127.0.0.1:9005") == 0 && api->servers[1].backup);
-    CHECK(c->n_routes == 2);
-    CHECK(strcmp(c->routes[0].path_prefix, "/api") == 0 && c->routes[0].pool == 1);
-    CHECK(!c->routes[1].host && !c->routes[1].path_prefix && c->routes[1].pool == 0);
+    /* The chat demo: a pool on the dashboard's own address, routed first. */
+    CHECK(strcmp(chat->name, "chat") == 0 && chat->n_servers == 1);
+    CHECK(strcmp(chat->servers[0].addr.text, c->dashboard.listen.text) == 0);
+    CHECK(c->chat.enabled && c->chat.modes == 7 && c->chat.n_rooms == 6);
+    CHECK(c->n_routes == 3);
+    CHECK(strcmp(c->routes[0].path_prefix, "/chat") == 0 && c->routes[0].pool == 2);
+    CHECK(strcmp(c->routes[1].path_prefix, "/api") == 0 && c->routes[1].pool == 1);
+    CHECK(!c->routes[2].host && !c->routes[2].path_prefix && c->routes[2].pool == 0);
     CHECK(c->n_trusted_proxies == 2);
     CHECK(match("127.0.0.0/8", "127.0.0.1"));
     struct sockaddr_storage lo4 = sa_of("127.0.0.1"), lo6 = sa_of("::1");
@@ -923,7 +928,7 @@ static void conf_chat_keys(void)
              "  max_message_bytes: 1k\n"
              "  reconnect_grace: 0s\n"
              "  log: on\n");
-    CHECKF(c != NULL, "%s", err);
+    CHECKF(c != NULL, "%.400s", err);
     if (c) {
         CHECK(c->chat.enabled && c->chat.modes == ((1u << CONF_CHAT_SUPPORT) | (1u << CONF_CHAT_RANDOM)));
         CHECK(c->chat.default_mode == CONF_CHAT_SUPPORT && c->chat.n_rooms == 0);
