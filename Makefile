@@ -72,6 +72,7 @@ BACKEND_BIN := $(BUILD)/sb-backend
 
 WSLOAD_BIN  := $(BUILD)/wsload
 CHATLOAD_BIN := $(BUILD)/chatload
+DASHVIEWERS_BIN := $(BUILD)/dashviewers
 
 UNIT_SRC    := $(wildcard tests/unit/*/test_*.c)
 UNIT_BIN    := $(UNIT_SRC:%.c=$(BUILD)/%)
@@ -111,6 +112,10 @@ $(WSLOAD_BIN): tests/bench/wsload.c
 $(CHATLOAD_BIN): tests/bench/chatload.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $<
+
+$(DASHVIEWERS_BIN): tests/bench/dashviewers.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -pthread -o $@ $<
 
 unit-bins: $(UNIT_BIN)
 
@@ -188,7 +193,7 @@ $(FUZZ_DIR)/fuzz_proxy: tests/fuzz/fuzz_proxy.c $(FUZZ_OBJ)
 	clang $(FUZZ_FLAGS) -o $@ $^ $(PKG_LIBS)
 
 bench: deps bench-deps geo-db
-	$(MAKE) $(BUILD)/switchboard $(BACKEND_BIN) $(WSLOAD_BIN)
+	$(MAKE) $(BUILD)/switchboard $(BACKEND_BIN) $(WSLOAD_BIN) $(DASHVIEWERS_BIN)
 	python3 tests/bench/bench.py --build $(BUILD) $(BENCH_ARGS)
 
 run: deps geo-db all

@@ -115,7 +115,6 @@ struct dash_tel_client {
     bool need_snapshot;                     /* next write is a fresh snapshot */
     uint64_t delta_seq;                     /* model seq its view reflects */
     uint64_t event_seq;                     /* recent requests sent up to */
-    int64_t next_event_us;                  /* rate limit of "events" */
     int64_t last_write_us;                  /* for the keep-alive ping */
 };
 
@@ -124,9 +123,18 @@ struct dash_tel {
     struct dash_tel_client *clients;
     size_t n_clients;
     lws_sorted_usec_list_t push_sul;        /* every 1/push_hz s while clients */
-    lws_sorted_usec_list_t event_sul;       /* a rate-limited events message */
+    lws_sorted_usec_list_t event_sul;       /* the next events pass, when due */
     bool push_armed, event_armed;
-    uint64_t snapshots, deltas, event_msgs, pings, overflows;
+    int64_t push_due_us;                    /* when push_sul fires */
+    int64_t next_events_us;                 /* no events pass before this;
+                                               INT64_MAX: the push tick's */
+    /* The last snapshot built (one reference, or NULL), shared by clients
+     * that ask for one soon after: a thousand page loads cost a few builds. */
+    struct dash_msg *snapshot;
+    uint64_t snapshot_seq;
+    int64_t snapshot_us;                    /* when it was built */
+    uint64_t snapshots, snapshot_builds, deltas, event_msgs, event_builds;
+    uint64_t pings, overflows;
 };
 
 /* One chat WebSocket (lws per-session data of "switchboard.chat"). */

@@ -18,8 +18,14 @@
  *                      when the model changed: tm_delta_json() since S (the
  *                      previous message's seq), without "recent"
  *     {"type":"events","seq":N,"since":S,"skipped":K,"recent":[...]}   as
- *                      soon as requests finish (at most 20 a second, 50
- *                      requests each; K older ones left out): for the map
+ *                      soon as requests finish, at most one per slot of
+ *                      at most 100 ms (the push interval cut evenly: 12 a
+ *                      second at 4 Hz), and before each delta: the requests
+ *                      since the previous one, at most 25 (an even sample
+ *                      when more came; K left out), oldest first, as
+ *                      "recent" has them but without the fields that hold
+ *                      their default ("city" "", "lat"/"lon" null, "tunnel"
+ *                      false): for the map and the tail
  *     {"type":"ping"}  after 10 s without any other message
  *
  * Everything requires dashboard.auth when it is set (bearer token, token

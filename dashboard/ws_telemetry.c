@@ -9,22 +9,38 @@
  *       at dashboard.push_hz, only when the model changed: tm_delta_json()
  *       since the client's last seq, without "recent" (see "events").
  *   {"type":"events","seq":N,"since":S,"skipped":K,"recent":[...]}
- *       the requests that finished since the last events message, newest
- *       last, sent as soon as the aggregator has them (the map's arcs); at
- *       most DASH_EVENTS_PER_MSG per message (K older ones left out) and
- *       DASH_EVENTS_HZ messages a second per client.
+ *       the requests that finished since the last events message, oldest
+ *       first (the map's arcs, the tail), at most one per slot (below). At
+ *       most DASH_EVENTS_PER_MSG: when more came, an even sample of them
+ *       (every n-th; K left out), so that arcs keep the traffic's rhythm
+ *       and which requests are shown does not depend on when in the slot
+ *       they finished. Each request as in tm_recent_json(), without the
+ *       fields that hold their default ("city" "", "lat"/"lon" null,
+ *       "tunnel" false), coordinates to EVENTS_COORD_DIGITS digits.
  *   {"type":"ping"}
  *       after 10 s without any other message.
  *
  * Two cursors per client: delta_seq (the model its view reflects, advanced
  * by snapshot and deltas) and event_seq (recent requests sent up to).
  *
- * Wake path: the aggregator thread calls dashboard_wake() after each drain
- * that changed the model; lws_cancel_service() makes this thread run
- * LWS_CALLBACK_EVENT_WAIT_CANCELLED, where the events go out at once (the
- * request-to-map delay is the aggregator's tick plus one write). Deltas run
- * on a timer at push_hz. A message built for one client is shared (by
- * reference) with every other client at the same cursor.
+ * Clock: deltas go on a timer at push_hz. Each push interval is cut into
+ * equal slots of at most EVENT_SLOT_MAX_US (4 Hz: three of 83 ms; 10 Hz
+ * and above: one), the last one ending at the push tick. The aggregator
+ * thread calls dashboard_wake() after each drain that changed the model;
+ * lws_cancel_service() makes this thread run
+ * LWS_CALLBACK_EVENT_WAIT_CANCELLED, where events go out at once if no
+ * events message went in the current slot, else at the next slot. The push
+ * tick sends the events still due before the deltas, so the map and the
+ * tail keep up with the counters. A request waits at most one slot for its
+ * frame, plus the aggregator's tick and the writes; a viewer gets at most
+ * one events message per slot, and at 4 Hz twelve a second.
+ *
+ * Fan-out: one pass over the clients per slot and per push tick, one clock
+ * for all of them, so clients stay at the same cursors and a
+ * message is built (serialised) once per pass and shared by reference; per
+ * client a pass costs one enqueue. Only a client that just got a snapshot
+ * sits at another cursor, and it joins the others after its first message.
+ * Snapshots are shared too, for SNAPSHOT_REUSE_US.
  *
  * Slow clients: each has a queue bounded in messages and bytes. When a new
  * message does not fit, the queue is dropped and the client's next write is
@@ -32,8 +48,9 @@
  * at most one queue, never an unbounded backlog.
  *
  * Thread: the dashboard's service thread only. Ownership: a client's queue
- * holds one reference to each queued message; lws owns the per-session
- * memory, which CLOSED releases from the clients list.
+ * holds one reference to each queued message, dash_tel.snapshot one to the
+ * last snapshot (until PROTOCOL_DESTROY); lws owns the per-session memory,
+ * which CLOSED releases from the clients list.
  */
 #include <inttypes.h>
 #include <jansson.h>
@@ -46,11 +63,25 @@
 #include "proxy/proxy.h"
 #include "telemetry/telemetry.h"
 
-#define DASH_EVENTS_PER_MSG  50
-#define DASH_EVENTS_HZ       20
-#define EVENT_INTERVAL_US    (1000000 / DASH_EVENTS_HZ)
+/* 25 a message, 300 requests a second at 4 Hz: three times what the page
+ * animates (CONF.blipsPerSec in app.js), plenty for its sampled panels, and
+ * half the bytes of 50. Past a few hundred requests a second, these bytes
+ * are most of what a thousand viewers cost. */
+#define DASH_EVENTS_PER_MSG  25
+/* Requests read per events message, before the sample: the aggregator holds
+ * 200 by default (recent_max), more than a 100 ms interval brings below
+ * 2000 requests a second. */
+#define EVENTS_SCAN_MAX      4096
+/* 100 ms: arcs still look continuous on the map, the wait for the next
+ * slot keeps request-to-frame delay well inside 250 ms, and a viewer costs
+ * 12 events writes a second at 4 Hz (it cost 20). */
+#define EVENT_SLOT_MAX_US    100000
+#define EVENTS_COORD_DIGITS  7      /* 52.52437, 151.2093: metres, for a map */
 #define PING_INTERVAL_US     (10 * 1000000)
 #define PASS_CACHE           8      /* distinct cursors shared in one pass */
+/* A snapshot this young is good for a client that asks: the deltas that
+ * follow bring it up to date like any other. */
+#define SNAPSHOT_REUSE_US    100000
 /* The kernel's share of a slow client's backlog: without a bound, send
  * buffer autotuning lets it grow to tcp_wmem's maximum (4 MiB) before the
  * queue below even notices. 256 KiB still carries a few MB/s across the
@@ -146,6 +177,28 @@ static struct dash_msg *build_snapshot(struct dashboard *d, uint64_t *seq)
     return m;
 }
 
+/* A snapshot for one more client (a new reference, or NULL); *seq receives
+ * its seq. Built anew when the last one is SNAPSHOT_REUSE_US old. */
+static struct dash_msg *get_snapshot(struct dashboard *d, uint64_t *seq)
+{
+    struct dash_tel *t = &d->tel;
+    int64_t now = dash_now_us();
+    if (!t->snapshot || now - t->snapshot_us >= SNAPSHOT_REUSE_US) {
+        uint64_t built_seq;
+        struct dash_msg *m = build_snapshot(d, &built_seq);
+        if (!m)
+            return NULL;
+        dash_msg_unref(t->snapshot);
+        t->snapshot = m;                    /* the cache's reference */
+        t->snapshot_seq = built_seq;
+        t->snapshot_us = now;
+        t->snapshot_builds++;
+    }
+    t->snapshot->refs++;
+    *seq = t->snapshot_seq;
+    return t->snapshot;
+}
+
 /* A delta since `since`. Its "recent" list goes: the events messages carry
  * recent requests, sooner. *seq receives the seq it brings the client to. */
 static struct dash_msg *build_delta(struct dashboard *d, uint64_t since, uint64_t *seq)
@@ -173,20 +226,70 @@ static struct dash_msg *build_delta(struct dashboard *d, uint64_t since, uint64_
     return m;
 }
 
+/* Leave out of one recent request the fields the page reads as their
+ * default when absent: for a client without a location, a quarter of its
+ * bytes. */
+static void trim_request(json_t *req)
+{
+    json_t *city = json_object_get(req, "city");
+    if (json_is_string(city) && json_string_length(city) == 0)
+        json_object_del(req, "city");
+    if (json_is_null(json_object_get(req, "lat")))
+        json_object_del(req, "lat");
+    if (json_is_null(json_object_get(req, "lon")))
+        json_object_del(req, "lon");
+    if (json_is_false(json_object_get(req, "tunnel")))
+        json_object_del(req, "tunnel");
+}
+
+/* Keep DASH_EVENTS_PER_MSG of the requests in `doc`'s "recent", evenly
+ * spread, and count the others in "skipped". */
+static void sample_requests(json_t *doc)
+{
+    json_t *all = json_object_get(doc, "recent");
+    size_t n = json_array_size(all);
+    if (n <= DASH_EVENTS_PER_MSG)
+        return;
+    json_t *kept = json_array();
+    for (size_t k = 0; k < DASH_EVENTS_PER_MSG; k++) {
+        /* the middle one of the k-th of DASH_EVENTS_PER_MSG equal parts */
+        size_t middle = (2 * k + 1) * n / (2 * DASH_EVENTS_PER_MSG);
+        json_array_append(kept, json_array_get(all, middle));
+    }
+    json_int_t skipped = json_integer_value(json_object_get(doc, "skipped"));
+    json_object_set_new(doc, "skipped",
+                        json_integer(skipped + (json_int_t)(n - DASH_EVENTS_PER_MSG)));
+    json_object_set_new(doc, "recent", kept);
+}
+
 /* The recent requests after `since`, or NULL with *count 0 when there are
  * none. tm_recent_json() gives {"seq":..,"since":..,"skipped":..,"recent":[..]};
- * the message is that object with "type" first. */
+ * the message is that object, sampled and trimmed, with "type" first. */
 static struct dash_msg *build_events(struct dashboard *d, uint64_t since, uint64_t *seq,
                                      size_t *count)
 {
-    *count = 0;
-    char *text = tm_recent_json(d->agg, since, DASH_EVENTS_PER_MSG, seq, count);
-    if (!text)
+    char *text = tm_recent_json(d->agg, since, EVENTS_SCAN_MAX, seq, count);
+    if (!text || *count == 0) {
+        free(text);
+        *count = 0;
         return NULL;
-    struct dash_msg *m = NULL;
-    if (*count > 0 && text[0] == '{')
-        m = dash_msg_wrap("{\"type\":\"events\",", text + 1, strlen(text + 1), "");
+    }
+    json_t *doc = json_loads(text, 0, NULL);
     free(text);
+    if (!doc)
+        return NULL;
+    sample_requests(doc);
+    json_t *req;
+    size_t i;
+    json_array_foreach(json_object_get(doc, "recent"), i, req)
+        trim_request(req);
+    *count = json_array_size(json_object_get(doc, "recent"));
+    char *body = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(EVENTS_COORD_DIGITS));
+    json_decref(doc);
+    struct dash_msg *m = NULL;
+    if (body && body[0] == '{')
+        m = dash_msg_wrap("{\"type\":\"events\",", body + 1, strlen(body + 1), "");
+    free(body);
     return m;
 }
 
@@ -225,6 +328,7 @@ static const struct built *pass_get(struct dashboard *d, struct pass *p,
         b->count = b->msg != NULL;
     } else {
         b->msg = build_events(d, since, &b->seq, &b->count);
+        d->tel.event_builds += b->msg != NULL;
     }
     return b;
 }
@@ -249,17 +353,91 @@ static void arm_push(struct dashboard *d)
         return;
     lws_sul_schedule(d->ctx, 0, &t->push_sul, push_tick, 1000000 / d->push_hz);
     t->push_armed = true;
+    t->push_due_us = dash_now_us() + 1000000 / d->push_hz;
 }
 
-/* Deltas for clients whose view is behind the model; a ping for those that
- * heard nothing for PING_INTERVAL_US. */
+/* Events for every client that has recent requests it was not sent. All
+ * clients go in one pass, so that they stay at one cursor and share one
+ * message. True when some client got one. */
+static bool events_pass(struct dashboard *d)
+{
+    struct dash_tel *t = &d->tel;
+    if (!d->agg || !t->n_clients)
+        return false;
+    uint64_t seq = tm_aggregator_seq(d->agg);
+    struct pass p = { .n = 0 };
+    struct built scratch = { .msg = NULL };
+    bool sent = false;
+    for (struct dash_tel_client *c = t->clients; c; c = c->next) {
+        if (c->need_snapshot || c->event_seq >= seq)
+            continue;
+        const struct built *b = pass_get(d, &p, BUILT_EVENTS, c->event_seq, &scratch);
+        if (b->msg) {
+            enqueue(t, c, b->msg);
+            t->event_msgs++;
+            sent = true;
+        }
+        if (b->seq > c->event_seq)
+            c->event_seq = b->seq;
+    }
+    pass_end(&p, &scratch);
+    return sent;
+}
+
+/* After events went at `now`: the next may go at the start of the next
+ * slot, or, in the last slot, with the push tick (INT64_MAX). */
+static void events_next_slot(struct dashboard *d, int64_t now)
+{
+    struct dash_tel *t = &d->tel;
+    int64_t push_us = 1000000 / d->push_hz;
+    int64_t slots = (push_us + EVENT_SLOT_MAX_US - 1) / EVENT_SLOT_MAX_US;
+    int64_t slot_us = push_us / slots;
+    /* Whole slots left before the tick (`now` may be a little before the
+     * tick that armed push_due_us). */
+    int64_t left = (t->push_due_us - now - 1) / slot_us;
+    if (left > slots - 1)
+        left = slots - 1;
+    t->next_events_us = left > 0 ? t->push_due_us - left * slot_us : INT64_MAX;
+}
+
+static void event_tick(lws_sorted_usec_list_t *sul)
+{
+    struct dash_tel *t = lws_container_of(sul, struct dash_tel, event_sul);
+    struct dashboard *d = dash_of_tel(t);
+    t->event_armed = false;
+    int64_t now = dash_now_us();
+    if (now >= t->next_events_us && events_pass(d))
+        events_next_slot(d, now);
+}
+
+/* The aggregator has news: events now if none went in this slot, else at
+ * the next one (the push tick sends them when that is the next). */
+static void events_wake(struct dashboard *d)
+{
+    struct dash_tel *t = &d->tel;
+    if (t->event_armed || !d->agg || !t->n_clients || t->next_events_us == INT64_MAX)
+        return;
+    int64_t now = dash_now_us();
+    if (now >= t->next_events_us) {
+        if (events_pass(d))
+            events_next_slot(d, now);
+        return;
+    }
+    lws_sul_schedule(d->ctx, 0, &t->event_sul, event_tick, t->next_events_us - now);
+    t->event_armed = true;
+}
+
+/* Deltas for clients whose view is behind the model, each after the events
+ * not sent yet. A ping for those that heard nothing for PING_INTERVAL_US.
+ * The tick ends a slot: the next begins. */
 static void push_tick(lws_sorted_usec_list_t *sul)
 {
     struct dash_tel *t = lws_container_of(sul, struct dash_tel, push_sul);
     struct dashboard *d = dash_of_tel(t);
     t->push_armed = false;
-    uint64_t seq = d->agg ? tm_aggregator_seq(d->agg) : 0;
     int64_t now = dash_now_us();
+    bool events_sent = events_pass(d);
+    uint64_t seq = d->agg ? tm_aggregator_seq(d->agg) : 0;
     struct pass p = { .n = 0 };
     struct built scratch = { .msg = NULL };
     static const char ping[] = "{\"type\":\"ping\"}";
@@ -287,48 +465,10 @@ static void push_tick(lws_sorted_usec_list_t *sul)
     dash_msg_unref(ping_msg);
     pass_end(&p, &scratch);
     arm_push(d);
-}
-
-/* Events for every client that has new recent requests and may be sent one
- * now; the others are served when their rate limit allows. */
-static void events_pass(struct dashboard *d)
-{
-    struct dash_tel *t = &d->tel;
-    if (!d->agg || !t->n_clients)
-        return;
-    uint64_t seq = tm_aggregator_seq(d->agg);
-    int64_t now = dash_now_us(), next_due = INT64_MAX;
-    struct pass p = { .n = 0 };
-    struct built scratch = { .msg = NULL };
-    for (struct dash_tel_client *c = t->clients; c; c = c->next) {
-        if (c->need_snapshot || c->event_seq >= seq)
-            continue;
-        if (now < c->next_event_us) {
-            if (c->next_event_us < next_due)
-                next_due = c->next_event_us;
-            continue;
-        }
-        const struct built *b = pass_get(d, &p, BUILT_EVENTS, c->event_seq, &scratch);
-        if (b->msg) {
-            enqueue(t, c, b->msg);
-            c->next_event_us = now + EVENT_INTERVAL_US;
-            t->event_msgs++;
-        }
-        if (b->seq > c->event_seq)
-            c->event_seq = b->seq;
-    }
-    pass_end(&p, &scratch);
-    if (next_due != INT64_MAX && !t->event_armed) {
-        lws_sul_schedule(d->ctx, 0, &t->event_sul, event_tick, next_due - now);
-        t->event_armed = true;
-    }
-}
-
-static void event_tick(lws_sorted_usec_list_t *sul)
-{
-    struct dash_tel *t = lws_container_of(sul, struct dash_tel, event_sul);
-    t->event_armed = false;
-    events_pass(dash_of_tel(t));
+    if (events_sent)
+        events_next_slot(d, now);
+    else
+        t->next_events_us = 0;                  /* the next news goes at once */
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -339,7 +479,7 @@ static int on_writeable(struct lws *wsi, struct dashboard *d, struct dash_tel_cl
     if (c->need_snapshot) {
         queue_clear(c);
         uint64_t seq;
-        if (!(m = build_snapshot(d, &seq)))
+        if (!(m = get_snapshot(d, &seq)))
             return -1;          /* out of memory: drop this client */
         c->need_snapshot = false;
         c->delta_seq = c->event_seq = seq;
@@ -394,13 +534,15 @@ int dash_telemetry_callback(struct lws *wsi, enum lws_callback_reasons reason, v
         queue_clear(c);
         return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-        events_pass(dash_of(wsi));
+        events_wake(dash_of(wsi));
         return 0;
     case LWS_CALLBACK_PROTOCOL_DESTROY:
         d = dash_of(wsi);
         lws_sul_cancel(&d->tel.push_sul);
         lws_sul_cancel(&d->tel.event_sul);
         d->tel.push_armed = d->tel.event_armed = false;
+        dash_msg_unref(d->tel.snapshot);
+        d->tel.snapshot = NULL;
         return 0;
     case LWS_CALLBACK_ADD_HEADERS: {
         struct lws_process_html_args *args = in;

@@ -10,7 +10,9 @@
  *       the seconds and countries that changed, tables when they changed,
  *       totals always; S must be the seq the page holds, else it resyncs;
  *   {"type":"events","recent":[...]}  requests as they finish (the map's
- *       blips and the tail), rate-limited and sampled by the server;
+ *       blips and the tail), rate-limited and sampled by the server; fields
+ *       at their default are left out (no "city", "lat"/"lon", "tunnel"),
+ *       which reads the same here as "", null and false;
  *   {"type":"ping"}  a keep-alive.
  *
  * Everything here is derived from that model:
