@@ -9,6 +9,7 @@
  *
  * Thread: the worker that owns the exchange.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -17,8 +18,10 @@
 
 void px_head_init(struct px_head *h, uint32_t limit)
 {
-    memset(h, 0, sizeof *h);
+    memset(h, 0, offsetof(struct px_head, hdr));
     h->limit = limit;
+    h->hdr = h->hdr_inline;
+    h->hdr_cap = PX_INLINE_HEADERS;
 }
 
 void px_head_free(struct px_head *h)
@@ -26,18 +29,37 @@ void px_head_free(struct px_head *h)
     free(h->buf);
     h->buf = NULL;
     h->cap = h->len = 0;
+    if (h->hdr != h->hdr_inline)
+        free(h->hdr);
+    h->hdr = h->hdr_inline;
+    h->hdr_cap = PX_INLINE_HEADERS;
 }
 
-/* Forget the content, keep the buffer (a 1xx answer before the final one). */
 void px_head_reset(struct px_head *h)
 {
     uint32_t limit = h->limit;
     char *buf = h->buf;
     uint32_t cap = h->cap;
-    memset(h, 0, sizeof *h);
+    memset(h, 0, offsetof(struct px_head, hdr));
     h->limit = limit;
     h->buf = buf;
     h->cap = cap;
+}
+
+/* Room for one more header in the index, or -1. */
+static int grow_index(struct px_head *h)
+{
+    if (h->n_hdr < h->hdr_cap)
+        return 0;
+    struct px_header *hdr = malloc(PX_MAX_HEADERS * sizeof *hdr);
+    if (!hdr)
+        return -1;
+    memcpy(hdr, h->hdr, h->n_hdr * sizeof *hdr);
+    if (h->hdr != h->hdr_inline)
+        free(h->hdr);
+    h->hdr = hdr;
+    h->hdr_cap = PX_MAX_HEADERS;
+    return 0;
 }
 
 static int head_append(struct px_head *h, const char *at, size_t len)
@@ -85,6 +107,59 @@ int px_head_add_reason(struct px_head *h, const char *at, size_t len)
     return 0;
 }
 
+static bool name_is(const struct px_head *h, const struct px_header *hd,
+                    const char *name, size_t name_len)
+{
+    return hd->name_len == name_len &&
+           strncasecmp(h->buf + hd->name_off, name, name_len) == 0;
+}
+
+#define NAME_IS(h, hd, lit) name_is(h, hd, lit, sizeof lit - 1)
+
+static enum px_hdr_id classify(const struct px_head *h,
+                               const struct px_header *hd)
+{
+    switch (hd->name_len) {
+    case 2:
+        return NAME_IS(h, hd, "te") ? PX_HDR_TE : PX_HDR_OTHER;
+    case 4:
+        return NAME_IS(h, hd, "host") ? PX_HDR_HOST : PX_HDR_OTHER;
+    case 6:
+        return NAME_IS(h, hd, "cookie") ? PX_HDR_COOKIE : PX_HDR_OTHER;
+    case 7:
+        return NAME_IS(h, hd, "upgrade") ? PX_HDR_UPGRADE
+             : NAME_IS(h, hd, "trailer") ? PX_HDR_TRAILER : PX_HDR_OTHER;
+    case 9:
+        return NAME_IS(h, hd, "x-real-ip") ? PX_HDR_X_REAL_IP : PX_HDR_OTHER;
+    case 10:
+        return NAME_IS(h, hd, "connection") ? PX_HDR_CONNECTION
+             : NAME_IS(h, hd, "keep-alive") ? PX_HDR_KEEP_ALIVE : PX_HDR_OTHER;
+    case 14:
+        return NAME_IS(h, hd, "content-length") ? PX_HDR_CONTENT_LENGTH
+                                                : PX_HDR_OTHER;
+    case 15:
+        return NAME_IS(h, hd, "x-forwarded-for") ? PX_HDR_X_FORWARDED_FOR
+                                                 : PX_HDR_OTHER;
+    case 16:
+        return NAME_IS(h, hd, "x-forwarded-host") ? PX_HDR_X_FORWARDED_HOST
+             : NAME_IS(h, hd, "proxy-connection") ? PX_HDR_PROXY_CONNECTION
+             : PX_HDR_OTHER;
+    case 17:
+        return NAME_IS(h, hd, "transfer-encoding") ? PX_HDR_TRANSFER_ENCODING
+             : NAME_IS(h, hd, "x-forwarded-proto") ? PX_HDR_X_FORWARDED_PROTO
+             : PX_HDR_OTHER;
+    default:
+        return PX_HDR_OTHER;
+    }
+}
+
+void px_head_classify(struct px_head *h)
+{
+    for (unsigned i = 0; i < h->n_hdr; i++)
+        if (h->hdr[i].id == PX_HDR_UNKNOWN)
+            h->hdr[i].id = (uint8_t)classify(h, &h->hdr[i]);
+}
+
 int px_head_add_field(struct px_head *h, const char *at, size_t len)
 {
     if (h->in_value || h->n_hdr == 0) {
@@ -92,11 +167,14 @@ int px_head_add_field(struct px_head *h, const char *at, size_t len)
             h->too_big = true;
             return -1;
         }
+        if (grow_index(h) < 0)
+            return -1;
         struct px_header *hd = &h->hdr[h->n_hdr++];
         hd->name_off = h->len;
         hd->name_len = 0;
         hd->value_off = 0;
         hd->value_len = 0;
+        hd->id = PX_HDR_UNKNOWN;
         h->in_value = false;
     }
     if (head_append(h, at, len) < 0)
@@ -113,18 +191,12 @@ int px_head_add_value(struct px_head *h, const char *at, size_t len)
     if (!h->in_value) {
         hd->value_off = h->len;
         h->in_value = true;
+        hd->id = (uint8_t)classify(h, hd);     /* the name is complete */
     }
     if (head_append(h, at, len) < 0)
         return -1;
     hd->value_len += (uint32_t)len;
     return 0;
-}
-
-static bool name_is(const struct px_head *h, const struct px_header *hd,
-                    const char *name, size_t name_len)
-{
-    return hd->name_len == name_len &&
-           strncasecmp(h->buf + hd->name_off, name, name_len) == 0;
 }
 
 const char *px_head_get(const struct px_head *h, const char *name,
@@ -134,6 +206,20 @@ const char *px_head_get(const struct px_head *h, const char *name,
     for (unsigned i = 0; i < h->n_hdr; i++) {
         const struct px_header *hd = &h->hdr[i];
         if (name_is(h, hd, name, name_len)) {
+            *len = hd->value_len;
+            return h->buf + hd->value_off;
+        }
+    }
+    *len = 0;
+    return NULL;
+}
+
+const char *px_head_find(const struct px_head *h, enum px_hdr_id id,
+                         uint32_t *len)
+{
+    for (unsigned i = 0; i < h->n_hdr; i++) {
+        const struct px_header *hd = &h->hdr[i];
+        if (hd->id == id) {
             *len = hd->value_len;
             return h->buf + hd->value_off;
         }
@@ -177,36 +263,36 @@ bool px_token_list_has_n(const char *list, size_t len, const char *token,
     return false;
 }
 
-/* RFC 9110 tchar: what a header name may be made of. */
+/* RFC 9110 tchar: ALPHA, DIGIT and !#$%&'*+-.^_`|~, one bit per byte. */
+static const uint32_t tchar_map[8] = {
+    0x00000000, 0x03ff6cfa, 0xc7fffffe, 0x57ffffff, 0, 0, 0, 0,
+};
+
+static bool is_tchar(unsigned char c)
+{
+    return (tchar_map[c >> 5] >> (c & 31)) & 1;
+}
+
+/* What a header name may be made of. */
 bool px_is_token(const char *s, size_t len)
 {
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    if (len == 0)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-            (c >= 'A' && c <= 'Z'))
-            continue;
-        if (c != 0 && strchr(extra, c))
-            continue;
-        return false;
-    }
-    return true;
+    unsigned ok = len > 0;
+    for (size_t i = 0; i < len; i++)
+        ok &= is_tchar((unsigned char)s[i]);
+    return ok;
 }
 
 /* A field value may hold visible characters, spaces, tabs and obs-text, but
  * no other control character (CR, LF and NUL above all). */
 bool px_is_field_value(const char *s, size_t len)
 {
+    /* No early exit: the loop vectorises, and a bad value is rare. */
+    unsigned bad = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 && c != '\t')
-            return false;
-        if (c == 0x7f)
-            return false;
+        bad |= (unsigned)(c < 0x20 && c != '\t') | (unsigned)(c == 0x7f);
     }
-    return true;
+    return !bad;
 }
 
 const char *px_status_reason(int status)
@@ -319,13 +405,6 @@ enum {
  * http-parser would skip extensions of any length. */
 #define PX_CHUNK_LINE_MAX 4096
 
-static bool is_tchar(unsigned char c)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-           (c >= 'A' && c <= 'Z') || (c != 0 && strchr(extra, c));
-}
-
 static int hex_val(unsigned char c)
 {
     if (c >= '0' && c <= '9') return c - '0';
@@ -392,6 +471,8 @@ size_t px_wire_scan(struct px_wire *w, const char *data, size_t len,
             w->state = W_TARGET;
             break;
         case W_TARGET:
+            while (i + 1 < len && is_vchar(c))     /* the run at once */
+                c = p[++i];
             if (c == ' ') {
                 w->state = W_VERSION;
                 w->count = 0;
@@ -458,6 +539,8 @@ size_t px_wire_scan(struct px_wire *w, const char *data, size_t len,
                 return wire_fail(w, c == '\n' ? "bare LF" : "invalid header name", i);
             break;
         case W_NAME:
+            while (i + 1 < len && is_tchar(c))
+                c = p[++i];
             if (c == ':')
                 w->state = W_VALUE;
             else if (c == ' ' || c == '\t')
@@ -466,6 +549,8 @@ size_t px_wire_scan(struct px_wire *w, const char *data, size_t len,
                 return wire_fail(w, c == '\n' ? "bare LF" : "invalid header name", i);
             break;
         case W_VALUE:
+            while (i + 1 < len && is_value_char(c))
+                c = p[++i];
             if (c == '\r')
                 w->state = W_VALUE_LF;
             else if (!is_value_char(c))

@@ -6,24 +6,66 @@
  * output evbuffer. The events are armed only while they are wanted, so a
  * connection that waits for nothing costs no epoll_ctl calls.
  *
- * Reads go straight into space reserved in the evbuffer (no copy) and grow
- * from PX_READ_MIN to PX_READ_MAX while the socket keeps filling them:
- * evbuffer_read() stops at 4 KiB a call, which costs too many syscalls for
- * large bodies. Writes use evbuffer_write(), a writev() over the chain.
+ * Small reads (a request, a small answer) land on the stack and are copied
+ * into the evbuffer, which then holds them in a chain of their size: a
+ * 16 KiB chain reserved for a 100-byte request would cost a large malloc
+ * and free per message, and leave the heap fragmented by the many
+ * connections that each had one. Once reads fill PX_READ_MIN, they go
+ * straight into space reserved in the evbuffer (no copy) and grow up to
+ * PX_READ_MAX while the socket keeps filling them: evbuffer_read() stops at
+ * 4 KiB a call, which costs too many syscalls for large bodies. Writes use
+ * evbuffer_write(), a writev() over the chain.
+ *
+ * Large response bodies bypass the evbuffers: px_pipe moves them from the
+ * backend socket into a pipe and from the pipe to the client socket with
+ * splice(2), so the kernel hands pages along instead of copying every byte
+ * into user memory and back (HAProxy's splicing does the same). Each worker
+ * keeps a few empty pipes for reuse and opens at most PX_PIPES_MAX.
  *
  * Thread: the worker that owns the connection.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include "proxy/proxy-internal.h"
 
+/* Pipes per worker, open at once (two descriptors each), and kept empty. */
+#define PX_PIPES_MAX        256
+#define PX_PIPES_FREE_MAX   32
+
+/* A read of at most PX_READ_MIN bytes, through a buffer on the stack. */
+static int read_small(struct px_conn *c)
+{
+    char buf[PX_READ_MIN];
+    ssize_t n;
+    do {
+        n = read(c->fd, buf, sizeof buf);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? -2 : -1;
+    if (n == 0) {
+        c->eof = true;
+        return 0;
+    }
+    if (evbuffer_add(c->in, buf, (size_t)n) < 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if ((size_t)n == sizeof buf)
+        c->read_size = PX_READ_MIN * 2;
+    return 1;
+}
+
 int px_conn_read(struct px_conn *c)
 {
     struct evbuffer_iovec vec[2];
     uint32_t want = c->read_size ? c->read_size : PX_READ_MIN;
+    if (want <= PX_READ_MIN)
+        return read_small(c);
     int nvec = evbuffer_reserve_space(c->in, want, vec, 2);
     if (nvec < 0) {
         errno = ENOMEM;
@@ -102,22 +144,44 @@ void px_conn_want_read(struct px_conn *c, bool on, uint32_t timeout_ms, bool rea
     c->read_timeout = timeout_ms;
 }
 
+void px_conn_events(struct px_conn *c, struct event_base *base,
+                    event_callback_fn on_readable, event_callback_fn on_writable,
+                    void *arg)
+{
+    event_assign(&c->rev, base, c->fd, EV_READ | EV_PERSIST, on_readable, arg);
+    c->on_writable = on_writable;
+}
+
 void px_conn_want_write(struct px_conn *c, bool on, uint32_t timeout_ms)
 {
     if (!on) {
         if (c->writing) {
-            event_del(&c->wev);
+            event_del(c->wev);
             c->writing = false;
         }
         return;
     }
     if (c->writing && c->write_timeout == timeout_ms)
         return;
+    if (!c->wev) {
+        c->wev = event_new(event_get_base(&c->rev), c->fd, EV_WRITE | EV_PERSIST,
+                           c->on_writable, event_get_callback_arg(&c->rev));
+        if (!c->wev)
+            return;     /* out of memory: the read side's timeout ends it */
+    }
     struct timeval tv;
     set_tv(&tv, timeout_ms);
-    event_add(&c->wev, timeout_ms ? &tv : NULL);
+    event_add(c->wev, timeout_ms ? &tv : NULL);
     c->writing = true;
     c->write_timeout = timeout_ms;
+}
+
+void px_conn_drop_wev(struct px_conn *c)
+{
+    if (c->wev && !c->writing) {
+        event_free(c->wev);
+        c->wev = NULL;
+    }
 }
 
 /* Release the socket, both events and both buffers. The px_conn itself
@@ -127,7 +191,10 @@ void px_conn_close(struct px_conn *c)
     if (c->fd < 0)
         return;
     event_del(&c->rev);
-    event_del(&c->wev);
+    if (c->wev) {
+        event_free(c->wev);
+        c->wev = NULL;
+    }
     c->reading = c->writing = false;
     close(c->fd);
     c->fd = -1;
@@ -139,4 +206,112 @@ void px_conn_close(struct px_conn *c)
         evbuffer_free(c->out);
         c->out = NULL;
     }
+}
+
+/* ---- splicing ------------------------------------------------------------ */
+
+struct px_pipe *px_pipe_get(struct px_worker *w)
+{
+    struct px_pipe *pp = w->pipes;
+    if (pp) {
+        w->pipes = pp->next;
+        w->n_pipes_free--;
+        return pp;
+    }
+    if (w->n_pipes >= PX_PIPES_MAX || !(pp = calloc(1, sizeof *pp)))
+        return NULL;
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+        free(pp);
+        return NULL;
+    }
+    pp->rd = fds[0];
+    pp->wr = fds[1];
+    /* As much as PX_HIGH_WATERMARK lets wait toward a client elsewhere. */
+    int cap = fcntl(pp->wr, F_SETPIPE_SZ, PX_HIGH_WATERMARK);
+    if (cap < 0)
+        cap = fcntl(pp->wr, F_GETPIPE_SZ);
+    pp->cap = cap > 0 ? (size_t)cap : 65536;
+    w->n_pipes++;
+    return pp;
+}
+
+static void pipe_close(struct px_worker *w, struct px_pipe *pp)
+{
+    close(pp->rd);
+    close(pp->wr);
+    free(pp);
+    w->n_pipes--;
+}
+
+void px_pipe_put(struct px_worker *w, struct px_pipe *pp)
+{
+    if (pp->len > 0 || w->n_pipes_free >= PX_PIPES_FREE_MAX) {
+        pipe_close(w, pp);
+        return;
+    }
+    pp->full = false;
+    pp->next = w->pipes;
+    w->pipes = pp;
+    w->n_pipes_free++;
+}
+
+void px_pipe_pool_free(struct px_worker *w)
+{
+    struct px_pipe *pp;
+    while ((pp = w->pipes)) {
+        w->pipes = pp->next;
+        pipe_close(w, pp);
+    }
+    w->n_pipes_free = 0;
+}
+
+int px_pipe_fill(struct px_pipe *pp, int fd, size_t max)
+{
+    size_t room = pp->cap > pp->len ? pp->cap - pp->len : 0;
+    size_t want = max < room ? max : room;
+    if (want == 0) {
+        pp->full = true;
+        return 1;
+    }
+    ssize_t n;
+    do {
+        n = splice(fd, NULL, pp->wr, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        pp->len += (size_t)n;
+        return 1;
+    }
+    if (n == 0)
+        return 0;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        /* Either the socket is empty or the pipe ran out of slots (socket
+         * data fills pages partly): with bytes waiting, assume the latter,
+         * or a level-triggered read event would spin. Draining clears it. */
+        if (pp->len == 0)
+            return -2;
+        pp->full = true;
+        return 1;
+    }
+    return -1;
+}
+
+int px_pipe_drain(struct px_pipe *pp, int fd)
+{
+    while (pp->len > 0) {
+        ssize_t n = splice(pp->rd, NULL, fd, NULL, pp->len,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            return -1;
+        }
+        if (n == 0)
+            return 0;
+        pp->len -= (size_t)n;
+        pp->full = false;
+    }
+    return 0;
 }

@@ -15,7 +15,10 @@
  *           │                              backend connections per server
  *           ├── struct px_client (list)   accepted client connections
  *           │     └── struct px_exchange  the request being served, if any
- *           │           └── struct px_upstream  its backend connection
+ *           │           ├── struct px_upstream  its backend connection
+ *           │           └── struct px_pipe      a body being spliced
+ *           ├── struct px_exchange (spares)   finished, kept for reuse
+ *           ├── struct px_pipe (pool)          empty pipes kept for reuse
  *           └── struct px_upstream (idle lists in px_gen)
  *
  * Threads: everything reachable from a worker is touched by that worker's
@@ -52,6 +55,9 @@
 #define PX_READ_MAX         (256 * 1024)
 /* Headers per message, like HAProxy's global.tune.max_http_hdr default. */
 #define PX_MAX_HEADERS      101
+/* Headers a head indexes without an allocation of its own; most messages
+ * have fewer, and an exchange in flight stays about 1 KiB. */
+#define PX_INLINE_HEADERS   16
 /* Idle backend connections kept per server per worker. */
 #define PX_IDLE_PER_SERVER  256
 /* An idle backend connection unused this long is closed. */
@@ -129,7 +135,10 @@ bool px_trusted(const struct px_runtime *rt, const struct sockaddr *sa);
 struct px_conn {
     int fd;
     struct event rev;           /* readable, or a timeout while waiting */
-    struct event wev;           /* writable while output is pending */
+    /* Writable while output is pending: most answers go out at once, so it
+     * is allocated on first need, and an idle client gives it back. */
+    struct event *wev;
+    event_callback_fn on_writable;      /* wev's callback; rev's argument */
     struct evbuffer *in;
     struct evbuffer *out;
     uint32_t read_size;         /* adaptive read size */
@@ -143,19 +152,76 @@ struct px_conn {
 
 /* 1 bytes read, 0 EOF, -1 error (errno set), -2 nothing to read now. */
 int  px_conn_read(struct px_conn *c);
+
+/* A pipe that carries a large response body from the backend socket to the
+ * client socket with splice(2), so its bytes are never copied through user
+ * memory (io.c). Owned by one exchange while it holds data, else by its
+ * worker's pool. */
+struct px_pipe {
+    int rd, wr;
+    size_t len;                 /* bytes in the pipe */
+    size_t cap;                 /* its capacity */
+    bool full;                  /* the last splice into it found no room */
+    struct px_pipe *next;       /* in the pool */
+};
+
+struct px_worker;
+/* An empty pipe from `w`'s pool or a new one; NULL when none can be had
+ * (the caller copies instead). */
+struct px_pipe *px_pipe_get(struct px_worker *w);
+/* Back to the pool if empty, else closed. */
+void px_pipe_put(struct px_worker *w, struct px_pipe *pp);
+void px_pipe_pool_free(struct px_worker *w);
+/* Splice up to `max` bytes from socket `fd` into the pipe. Returns as
+ * px_conn_read(); when the pipe has no room left it sets pp->full and
+ * returns 1. */
+int  px_pipe_fill(struct px_pipe *pp, int fd, size_t max);
+/* Splice what the pipe holds to socket `fd`. 0 ok (maybe partial), -1
+ * error (errno set). */
+int  px_pipe_drain(struct px_pipe *pp, int fd);
 /* Write what the socket takes. 0 ok (maybe partial), -1 error (errno set). */
 int  px_conn_write(struct px_conn *c);
 /* Arm or disarm the read event; `timeout_ms` 0 = none. Cheap when unchanged
  * and `rearm` is false. */
 void px_conn_want_read(struct px_conn *c, bool on, uint32_t timeout_ms, bool rearm);
 void px_conn_want_write(struct px_conn *c, bool on, uint32_t timeout_ms);
+/* Set up the events of a connection whose fd is set: `on_readable` and
+ * `on_writable` are called with `arg`. */
+void px_conn_events(struct px_conn *c, struct event_base *base,
+                    event_callback_fn on_readable, event_callback_fn on_writable,
+                    void *arg);
+/* Nothing waits to be written: give back the write event. */
+void px_conn_drop_wev(struct px_conn *c);
 void px_conn_close(struct px_conn *c);
 
 /* ---- parsed message head ------------------------------------------------ */
 
+/* Header names the data path acts on, recognised once per header (when its
+ * value starts) so that framing checks, hop-by-hop removal and lookups
+ * compare a byte instead of strings. */
+enum px_hdr_id {
+    PX_HDR_UNKNOWN = 0,         /* not classified yet */
+    PX_HDR_OTHER,
+    PX_HDR_HOST,
+    PX_HDR_CONNECTION,
+    PX_HDR_CONTENT_LENGTH,
+    PX_HDR_TRANSFER_ENCODING,
+    PX_HDR_KEEP_ALIVE,
+    PX_HDR_PROXY_CONNECTION,
+    PX_HDR_TE,
+    PX_HDR_TRAILER,
+    PX_HDR_UPGRADE,
+    PX_HDR_X_FORWARDED_FOR,
+    PX_HDR_X_FORWARDED_PROTO,
+    PX_HDR_X_FORWARDED_HOST,
+    PX_HDR_X_REAL_IP,
+    PX_HDR_COOKIE,
+};
+
 struct px_header {
     uint32_t name_off, name_len;
     uint32_t value_off, value_len;
+    uint8_t  id;                /* enum px_hdr_id */
 };
 
 /* The strict check of a message's raw bytes that runs ahead of http-parser
@@ -171,19 +237,25 @@ struct px_wire {
 };
 
 /* A request or response head as http-parser delivered it: every string lives
- * in `buf`, referenced by offset because `buf` grows. */
+ * in `buf`, referenced by offset because `buf` grows. The index of headers
+ * starts in hdr_inline and moves to an allocation of PX_MAX_HEADERS entries
+ * past PX_INLINE_HEADERS; only its first n_hdr entries mean anything, so
+ * starting a head over clears the fields before it, not the array. A head
+ * points into itself: it never moves. */
 struct px_head {
     char    *buf;
     uint32_t len, cap;
     uint32_t limit;             /* bytes allowed in buf (max_header_bytes) */
     uint32_t url_off, url_len;  /* request target (requests) */
     uint32_t reason_off, reason_len; /* reason phrase (responses) */
-    struct px_header hdr[PX_MAX_HEADERS];
     unsigned n_hdr;
     bool     in_value;          /* last callback was a header value */
     bool     too_big;           /* limit or header count exceeded */
     uint32_t head_bytes;        /* raw bytes of the head seen so far */
     struct px_wire wire;        /* raw bytes of the message, checked */
+    struct px_header *hdr;      /* hdr_inline, or allocated (owned) */
+    unsigned hdr_cap;
+    struct px_header hdr_inline[PX_INLINE_HEADERS];
 };
 
 /* ---- per-worker view of a config generation ----------------------------- */
@@ -274,8 +346,6 @@ struct px_exchange {
 
     http_parser req_parser;
     http_parser resp_parser;
-    struct px_head req;
-    struct px_head resp;
 
     enum px_body req_body;
     uint64_t req_remaining;     /* PX_BODY_LENGTH: bytes still to forward */
@@ -285,6 +355,11 @@ struct px_exchange {
     bool resp_done;
     bool resp_started;          /* a byte of the answer went to the client */
     bool resp_chunked_out;      /* we frame the answer as chunked */
+    /* Splicing the body (Content-Length, large): resp_remaining counts what
+     * has yet to enter the pipe; the answer is done once the pipe is empty
+     * too. */
+    struct px_pipe *pipe;
+    bool no_splice;             /* splice(2) refused these sockets */
 
     bool head_request;          /* method HEAD: the answer has no body */
     bool client_keepalive;      /* client may send another request */
@@ -296,8 +371,7 @@ struct px_exchange {
     uint64_t queued_ns;
     TAILQ_ENTRY(px_exchange) wait_link;
 
-    char *req_out;              /* serialised request head, for a retry */
-    size_t req_out_len;
+    size_t req_out_len;         /* of req_out */
     unsigned retries;
 
     /* What the access log and telemetry report. */
@@ -311,6 +385,14 @@ struct px_exchange {
     uint64_t t_start_ns, t_connect_start_ns, t_connect_ns, t_first_byte_ns;
     int64_t  wall_start_us;
     uint64_t tunnel_last_ns;
+
+    /* From here on, what a recycled exchange keeps (session.c: spares):
+     * buffers, and the heads, which start over with px_head_reset(). */
+    char *req_out;              /* serialised request head, for a retry */
+    size_t req_out_cap;
+    struct px_exchange *next_spare;
+    struct px_head req;
+    struct px_head resp;
 };
 
 /* ---- workers ----------------------------------------------------------- */
@@ -321,6 +403,8 @@ struct px_listener {
     struct px_worker *worker;
     char addr[80];
     bool paused;
+    int8_t nodelay_inherited;   /* accepted sockets come with TCP_NODELAY
+                                   (-1: not known before the first one) */
     LIST_ENTRY(px_listener) link;
 };
 
@@ -360,6 +444,11 @@ struct px_worker {
     bool draining;
     uint64_t rng_seed;
     uint64_t rng;               /* xorshift state for per-pick randomness */
+    struct px_exchange *spares; /* finished exchanges kept for reuse */
+    unsigned n_spares;
+    struct px_pipe *pipes;      /* empty pipes kept for reuse */
+    unsigned n_pipes_free;
+    unsigned n_pipes;           /* open, in the pool or in use */
     struct tm_ring *ring;       /* telemetry; NULL when off. Owned by proxy */
     bool joined;                /* main thread: the thread has been joined */
     struct geo_cache *geo_cache;        /* this worker's, for the access log */
@@ -384,7 +473,8 @@ struct proxy {
     atomic_uint connections;            /* client connections, all workers */
     struct tm_gauges gauges;            /* read by the telemetry aggregator */
     const struct geo_db *geo;           /* borrowed; NULL: no geolocation */
-    uint32_t max_connections;           /* of the current runtime */
+    _Atomic uint32_t max_connections;   /* of the current runtime; set by
+                                         * main, read by every worker */
     struct px_health *health;           /* health-check thread */
     int access_log_fd;                  /* -1 when off */
     char *access_log_path;
@@ -412,11 +502,17 @@ void px_gen_release(struct px_worker *w, struct px_gen *gen);
 
 void px_client_accept(struct px_worker *w, int fd, const struct sockaddr *sa,
                       socklen_t len);
+/* The same; `nodelay_set`: the socket has TCP_NODELAY already (inherited
+ * from its listener), so no setsockopt() is needed. */
+void px_client_start(struct px_worker *w, int fd, const struct sockaddr *sa,
+                     socklen_t len, bool nodelay_set);
 void px_client_shutdown_idle(struct px_worker *w);
 /* Give freed server slots to waiting requests; expire those waiting too
  * long. Runs from w->queue_ev. */
 void px_dispatch_queues(struct px_worker *w);
 void px_client_close_all(struct px_worker *w);
+/* Free the exchanges kept for reuse (the worker is going away). */
+void px_exchange_spares_free(struct px_worker *w);
 
 /* ---- backend connections (upstream.c) ---------------------------------- */
 
@@ -436,12 +532,19 @@ void px_gen_migrate_idle(struct px_gen *from, struct px_gen *to);
 
 void px_head_init(struct px_head *h, uint32_t limit);
 void px_head_free(struct px_head *h);
+/* Forget the content, keep the buffer (a 1xx answer before the final one,
+ * an exchange used again). */
 void px_head_reset(struct px_head *h);
 extern const http_parser_settings px_request_settings;
 extern const http_parser_settings px_response_settings;
 /* Value of the first header named `name` (case-insensitive), or NULL. */
 const char *px_head_get(const struct px_head *h, const char *name,
                         uint32_t *len);
+/* The same for a header the data path knows (enum px_hdr_id). */
+const char *px_head_find(const struct px_head *h, enum px_hdr_id id,
+                         uint32_t *len);
+/* Classify the headers not classified yet (one without a value callback). */
+void px_head_classify(struct px_head *h);
 bool px_token_list_has(const char *list, size_t len, const char *token);
 bool px_token_list_has_n(const char *list, size_t len, const char *token,
                          size_t token_len);

@@ -17,6 +17,8 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -38,6 +40,9 @@ static int open_listener(const struct conf_addr *addr, char *err, size_t errlen)
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (addr->u.sa.sa_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    /* Accepted sockets inherit it on Linux, which saves a setsockopt() per
+     * connection (worker.c checks that on the first one). */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (bind(fd, &addr->u.sa, addr->len) < 0) {
         snprintf(err, errlen, "listen %s: bind: %s", addr->text, strerror(errno));
         close(fd);
@@ -115,12 +120,13 @@ static int open_access_log(struct proxy *proxy, const char *path, char *err,
 
 /* http-parser checks header size itself, process-wide: let it allow what
  * the largest configured limit allows, and check the real limit per head. */
-static void set_parser_limit(const struct conf *conf)
+/* http-parser's header limit is one global that every worker's parsers
+ * read, so it is set once, before any worker runs, to what the largest
+ * allowed limits.max_header_bytes (1m) needs; the wire scanner enforces the
+ * configured limit itself. */
+static void set_parser_limit(void)
 {
-    uint32_t limit = conf->limits.max_header_bytes;
-    if (limit < 65536)
-        limit = 65536;
-    http_parser_set_max_header_size(limit + 1024);
+    http_parser_set_max_header_size((1u << 20) + 1024);
 }
 
 struct proxy *proxy_new(const struct conf *conf, char *err, size_t errlen)
@@ -133,9 +139,9 @@ struct proxy *proxy_new(const struct conf *conf, char *err, size_t errlen)
     proxy->access_log_fd = -1;
     pthread_mutex_init(&proxy->rt_lock, NULL);
     proxy->n_workers = conf->workers ? conf->workers : 1;
-    proxy->max_connections = conf->limits.max_connections;
+    atomic_store(&proxy->max_connections, conf->limits.max_connections);
     atomic_init(&proxy->connections, 0);
-    set_parser_limit(conf);
+    set_parser_limit();
     proxy->rt = px_runtime_new(conf, ++proxy->generation, NULL, err, errlen);
     if (!proxy->rt)
         goto fail;
@@ -264,8 +270,7 @@ int proxy_reload(struct proxy *proxy, const struct conf *conf, char *err,
 
     /* Nothing can fail from here on: publish. */
     proxy->generation++;
-    proxy->max_connections = conf->limits.max_connections;
-    set_parser_limit(conf);
+    atomic_store(&proxy->max_connections, conf->limits.max_connections);
     for (unsigned w = 0; w < proxy->n_workers; w++) {
         struct px_worker *worker = &proxy->workers[w];
         for (size_t i = 0; i < n_table; i++) {

@@ -20,7 +20,8 @@
  *
  * Heads are parsed with http-parser, paused at the end of the head so the
  * proxy frames bodies itself: Content-Length bodies move between evbuffers
- * without a copy; chunked bodies go back through the parser and are framed
+ * without a copy (large response bodies through a pipe with splice(2), see
+ * fill_pipe); chunked bodies go back through the parser and are framed
  * anew, so the backend never sees framing the proxy did not check. The
  * request line and headers are always written anew, never forwarded raw.
  *
@@ -28,8 +29,10 @@
  * -1 when they did; callers must stop touching it then.
  */
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +48,10 @@
 /* Bytes of pipelined input kept while an exchange runs; more waits in the
  * socket. */
 #define PX_PIPELINE_MAX (64 * 1024)
+/* A Content-Length body with at least this much still to come from the
+ * backend is spliced through a pipe (io.c) rather than copied through the
+ * evbuffers; a small one has usually arrived with its head anyway. */
+#define PX_SPLICE_MIN   (64 * 1024)
 
 static void client_read_cb(evutil_socket_t fd, short what, void *arg);
 static void client_write_cb(evutil_socket_t fd, short what, void *arg);
@@ -66,6 +73,67 @@ uint64_t px_now_ns(void)
 static const struct px_runtime *client_rt(const struct px_client *c)
 {
     return c->ex ? c->ex->gen->rt : c->worker->gen->rt;
+}
+
+/* ---- writing heads -------------------------------------------------------
+ *
+ * Heads are written into space sized beforehand from the parsed head (its
+ * buffer holds every name and value), so each piece is a memcpy and a head
+ * reaches its evbuffer in one piece. printf-style formatting used to cost
+ * more than parsing the head.
+ */
+
+static void put(char **o, const void *s, size_t n)
+{
+    memcpy(*o, s, n);
+    *o += n;
+}
+
+#define PUT_LIT(o, lit) put(o, lit, sizeof lit - 1)
+
+static void put_str(char **o, const char *s)
+{
+    put(o, s, strlen(s));
+}
+
+static void put_u64(char **o, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(o, tmp + sizeof tmp - n, n);
+}
+
+static void put_hex(char **o, uint64_t v)
+{
+    static const char digits[] = "0123456789abcdef";
+    char tmp[16];
+    size_t n = 0;
+    do {
+        tmp[sizeof tmp - ++n] = digits[v & 15];
+        v >>= 4;
+    } while (v);
+    put(o, tmp + sizeof tmp - n, n);
+}
+
+/* Bytes of `h` a rewritten head may copy: each value at most twice (a
+ * header, and X-Forwarded-Host or the folded X-Forwarded-For), names once,
+ * ": " and CRLF per header. What the proxy adds itself fits in 512. */
+static size_t head_bound(const struct px_head *h)
+{
+    return 2 * (size_t)h->len + 6 * (size_t)h->n_hdr + 512;
+}
+
+/* Chunk-size line for `len` bytes of data. */
+static void add_chunk_size(struct evbuffer *out, size_t len)
+{
+    char line[24], *o = line;
+    put_hex(&o, len);
+    PUT_LIT(&o, "\r\n");
+    evbuffer_add(out, line, (size_t)(o - line));
 }
 
 /* ---- parser callbacks -------------------------------------------------- */
@@ -98,6 +166,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 
 static int on_headers_complete(http_parser *p)
 {
+    px_head_classify(head_of(p));   /* a header without a value callback */
     http_parser_pause(p, 1);
     return 0;
 }
@@ -118,7 +187,7 @@ static int on_body(http_parser *p, const char *at, size_t len)
         frame = ex->resp_chunked_out;
     }
     if (frame)
-        evbuffer_add_printf(out, "%zx\r\n", len);
+        add_chunk_size(out, len);
     evbuffer_add(out, at, len);
     if (frame)
         evbuffer_add(out, "\r\n", 2);
@@ -270,7 +339,7 @@ static void resolve_client_addr(struct px_exchange *ex)
 static size_t request_host(const struct px_exchange *ex, char *out, size_t cap)
 {
     uint32_t len;
-    const char *h = px_head_get(&ex->req, "host", &len);
+    const char *h = px_head_find(&ex->req, PX_HDR_HOST, &len);
     if (!h)
         return 0;
     size_t n = 0;
@@ -326,16 +395,56 @@ static void client_free(struct px_client *c)
     px_worker_client_closed(w);
 }
 
-static void exchange_free(struct px_exchange *ex)
+/* Finished exchanges wait in a short per-worker list for the next request,
+ * with their head buffers: a request then allocates neither its
+ * exchange nor those buffers. Bounded in count and in what each keeps. */
+#define PX_SPARES_MAX       16
+#define PX_SPARE_BUF_MAX    8192
+
+static void exchange_destroy(struct px_exchange *ex)
 {
-    if (ex->queued)
-        dequeue(ex);
-    atomic_fetch_sub_explicit(&ex->client->worker->proxy->gauges.inflight, 1,
-                              memory_order_relaxed);
     px_head_free(&ex->req);
     px_head_free(&ex->resp);
     free(ex->req_out);
     free(ex);
+}
+
+static void exchange_free(struct px_exchange *ex)
+{
+    struct px_worker *w = ex->client->worker;
+    if (ex->queued)
+        dequeue(ex);
+    if (ex->pipe) {
+        px_pipe_put(w, ex->pipe);       /* closed if bytes are left in it */
+        ex->pipe = NULL;
+    }
+    atomic_fetch_sub_explicit(&w->proxy->gauges.inflight, 1, memory_order_relaxed);
+    if (w->n_spares >= PX_SPARES_MAX) {
+        exchange_destroy(ex);
+        return;
+    }
+    if (ex->req.cap > PX_SPARE_BUF_MAX || ex->req.hdr != ex->req.hdr_inline)
+        px_head_free(&ex->req);
+    if (ex->resp.cap > PX_SPARE_BUF_MAX || ex->resp.hdr != ex->resp.hdr_inline)
+        px_head_free(&ex->resp);
+    if (ex->req_out_cap > PX_SPARE_BUF_MAX) {
+        free(ex->req_out);
+        ex->req_out = NULL;
+        ex->req_out_cap = 0;
+    }
+    ex->next_spare = w->spares;
+    w->spares = ex;
+    w->n_spares++;
+}
+
+void px_exchange_spares_free(struct px_worker *w)
+{
+    struct px_exchange *ex;
+    while ((ex = w->spares)) {
+        w->spares = ex->next_spare;
+        exchange_destroy(ex);
+    }
+    w->n_spares = 0;
 }
 
 /* Drop the backend side of an exchange. */
@@ -417,18 +526,32 @@ static void exchange_finish(struct px_exchange *ex)
 
 static struct px_exchange *exchange_new(struct px_client *c)
 {
-    struct px_exchange *ex = calloc(1, sizeof *ex);
-    if (!ex)
-        return NULL;
     struct px_worker *w = c->worker;
+    struct px_exchange *ex = w->spares;
+    if (ex) {
+        w->spares = ex->next_spare;
+        w->n_spares--;
+        /* Everything before the kept buffers starts at zero. */
+        memset(ex, 0, offsetof(struct px_exchange, req_out));
+        px_head_reset(&ex->req);
+        px_head_reset(&ex->resp);
+    } else {
+        if (!(ex = malloc(sizeof *ex)))
+            return NULL;
+        memset(ex, 0, offsetof(struct px_exchange, req_out));
+        ex->req_out = NULL;
+        ex->req_out_cap = 0;
+        px_head_init(&ex->req, 0);
+        px_head_init(&ex->resp, 0);
+    }
     ex->client = c;
     ex->gen = px_worker_gen(w);
     ex->gen->inflight++;
     atomic_fetch_add_explicit(&w->proxy->gauges.inflight, 1, memory_order_relaxed);
     const struct px_runtime *rt = ex->gen->rt;
-    px_head_init(&ex->req, rt->limits.max_header_bytes);
-    px_head_init(&ex->resp, rt->limits.max_header_bytes > 65536
-                             ? rt->limits.max_header_bytes : 65536);
+    ex->req.limit = rt->limits.max_header_bytes;
+    ex->resp.limit = rt->limits.max_header_bytes > 65536
+                     ? rt->limits.max_header_bytes : 65536;
     http_parser_init(&ex->req_parser, HTTP_REQUEST);
     ex->req_parser.data = ex;
     http_parser_init(&ex->resp_parser, HTTP_RESPONSE);
@@ -448,6 +571,12 @@ static struct px_exchange *exchange_new(struct px_client *c)
 
 void px_client_accept(struct px_worker *w, int fd, const struct sockaddr *sa,
                       socklen_t len)
+{
+    px_client_start(w, fd, sa, len, false);
+}
+
+void px_client_start(struct px_worker *w, int fd, const struct sockaddr *sa,
+                     socklen_t len, bool nodelay_set)
 {
     struct px_client *c = calloc(1, sizeof *c);
     if (!c) {
@@ -469,10 +598,11 @@ void px_client_accept(struct px_worker *w, int fd, const struct sockaddr *sa,
         client_free(c);
         return;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    event_assign(&c->conn.rev, w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
-    event_assign(&c->conn.wev, w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
+    if (!nodelay_set) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    px_conn_events(&c->conn, w->base, client_read_cb, client_write_cb, c);
     c->state = PX_CLIENT_IDLE;
     /* Most clients send at once: try to read before going through epoll. */
     int r = px_conn_read(&c->conn);
@@ -541,22 +671,31 @@ static int exchange_fail(struct px_exchange *ex, int status, const char *reason)
 
 /* ---- the request head ---------------------------------------------------- */
 
+/* `has_conn`: the head has a Connection field, whose tokens name more
+ * hop-by-hop headers. Content-Length and Transfer-Encoding count too: the
+ * proxy frames each message itself. */
 static bool is_hop_by_hop(const struct px_head *h, const struct px_header *hd,
-                          const char *conn_list, uint32_t conn_len)
+                          bool has_conn)
 {
-    static const char *const names[] = {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer",
-        "transfer-encoding", "upgrade", "content-length",
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (px_header_is(h, hd, names[i]))
-            return true;
-    if (!conn_list)
+    switch (hd->id) {
+    case PX_HDR_CONNECTION:
+    case PX_HDR_KEEP_ALIVE:
+    case PX_HDR_PROXY_CONNECTION:
+    case PX_HDR_TE:
+    case PX_HDR_TRAILER:
+    case PX_HDR_TRANSFER_ENCODING:
+    case PX_HDR_UPGRADE:
+    case PX_HDR_CONTENT_LENGTH:
+        return true;
+    default:
+        break;
+    }
+    if (!has_conn)
         return false;
     /* Every Connection field counts, not only the first one. */
     for (unsigned i = 0; i < h->n_hdr; i++) {
         const struct px_header *ch = &h->hdr[i];
-        if (px_header_is(h, ch, "connection") &&
+        if (ch->id == PX_HDR_CONNECTION &&
             px_token_list_has_n(h->buf + ch->value_off, ch->value_len,
                                 h->buf + hd->name_off, hd->name_len))
             return true;
@@ -564,13 +703,13 @@ static bool is_hop_by_hop(const struct px_head *h, const struct px_header *hd,
     return false;
 }
 
-static void add_header(struct evbuffer *b, const struct px_head *h,
+static void put_header(char **o, const struct px_head *h,
                        const struct px_header *hd)
 {
-    evbuffer_add(b, h->buf + hd->name_off, hd->name_len);
-    evbuffer_add(b, ": ", 2);
-    evbuffer_add(b, h->buf + hd->value_off, hd->value_len);
-    evbuffer_add(b, "\r\n", 2);
+    put(o, h->buf + hd->name_off, hd->name_len);
+    PUT_LIT(o, ": ");
+    put(o, h->buf + hd->value_off, hd->value_len);
+    PUT_LIT(o, "\r\n");
 }
 
 /*
@@ -593,7 +732,7 @@ static const char *check_framing(const struct px_head *h)
             return "invalid header name";
         if (!px_is_field_value(h->buf + hd->value_off, hd->value_len))
             return "invalid header value";
-        if (px_header_is(h, hd, "transfer-encoding")) {
+        if (hd->id == PX_HDR_TRANSFER_ENCODING) {
             const char *v = h->buf + hd->value_off;
             uint32_t n = hd->value_len;
             while (n && (v[0] == ' ' || v[0] == '\t')) { v++; n--; }
@@ -601,7 +740,7 @@ static const char *check_framing(const struct px_head *h)
             if (n != 7 || strncasecmp(v, "chunked", 7) != 0)
                 return "unsupported transfer-encoding";
             te++;
-        } else if (px_header_is(h, hd, "content-length")) {
+        } else if (hd->id == PX_HDR_CONTENT_LENGTH) {
             if (!px_is_decimal(h->buf + hd->value_off, hd->value_len))
                 return "invalid content-length";
             cl++;
@@ -630,7 +769,7 @@ static const char *check_request_head(struct px_exchange *ex)
     unsigned hosts = 0;
     uint32_t len;
     for (unsigned i = 0; i < h->n_hdr; i++)
-        if (px_header_is(h, &h->hdr[i], "host"))
+        if (h->hdr[i].id == PX_HDR_HOST)
             hosts++;
     if (hosts > 1)
         return "duplicate host header";
@@ -640,7 +779,7 @@ static const char *check_request_head(struct px_exchange *ex)
         return "unsupported http version";
     if (ex->req_parser.http_minor == 1 && hosts == 0)
         return "missing host header";
-    if (ex->req_parser.http_minor == 0 && px_head_get(h, "transfer-encoding", &len))
+    if (ex->req_parser.http_minor == 0 && px_head_find(h, PX_HDR_TRANSFER_ENCODING, &len))
         return "transfer-encoding in an HTTP/1.0 request";
     if (h->url_len == 0)
         return "empty request target";
@@ -657,87 +796,101 @@ static int build_request_head(struct px_exchange *ex, const char *target,
     struct px_client *c = ex->client;
     bool peer_trusted = ex->gen->rt->n_trusted && px_trusted(ex->gen->rt, &c->peer.sa);
     uint32_t conn_len;
-    const char *conn_list = px_head_get(h, "connection", &conn_len);
-    struct evbuffer *b = evbuffer_new();
-    if (!b)
-        return -1;
-    evbuffer_add_printf(b, "%s ", http_method_str(ex->req_parser.method));
-    evbuffer_add(b, target, target_len);
-    evbuffer_add(b, " HTTP/1.1\r\n", 11);
+    bool has_conn = px_head_find(h, PX_HDR_CONNECTION, &conn_len) != NULL;
+    size_t bound = head_bound(h) + target_len + 2 * abs_host_len;
+    if (bound > ex->req_out_cap) {
+        char *buf = realloc(ex->req_out, bound);
+        if (!buf)
+            return -1;
+        ex->req_out = buf;
+        ex->req_out_cap = bound;
+    }
+    char *o = ex->req_out;
+    put_str(&o, http_method_str(ex->req_parser.method));
+    PUT_LIT(&o, " ");
+    put(&o, target, target_len);
+    PUT_LIT(&o, " HTTP/1.1\r\n");
 
-    char peer_text[INET6_ADDRSTRLEN];
-    px_sockaddr_text(&c->peer.sa, peer_text, sizeof peer_text);
     bool have_proto = false, have_fwd_host = false;
     for (unsigned i = 0; i < h->n_hdr; i++) {
         const struct px_header *hd = &h->hdr[i];
-        if (is_hop_by_hop(h, hd, conn_list, conn_len))
+        if (is_hop_by_hop(h, hd, has_conn))
             continue;
-        if (px_header_is(h, hd, "x-forwarded-for"))
-            continue;           /* folded into one below */
-        if (px_header_is(h, hd, "x-real-ip"))
+        switch (hd->id) {
+        case PX_HDR_X_FORWARDED_FOR:    /* folded into one below */
+        case PX_HDR_X_REAL_IP:
             continue;
-        if (px_header_is(h, hd, "x-forwarded-proto")) {
+        case PX_HDR_X_FORWARDED_PROTO:
             if (!peer_trusted || have_proto)
                 continue;
             have_proto = true;
-        } else if (px_header_is(h, hd, "x-forwarded-host")) {
+            break;
+        case PX_HDR_X_FORWARDED_HOST:
             if (!peer_trusted || have_fwd_host)
                 continue;
             have_fwd_host = true;
-        } else if (abs_host && px_header_is(h, hd, "host")) {
-            continue;
+            break;
+        case PX_HDR_HOST:
+            if (abs_host)
+                continue;
+            break;
+        default:
+            break;
         }
-        add_header(b, h, hd);
+        put_header(&o, h, hd);
     }
     /* Every X-Forwarded-For the client sent, in order, then its peer. */
-    evbuffer_add(b, "X-Forwarded-For: ", 17);
+    PUT_LIT(&o, "X-Forwarded-For: ");
     for (unsigned i = 0; i < h->n_hdr; i++) {
         const struct px_header *hd = &h->hdr[i];
-        if (!px_header_is(h, hd, "x-forwarded-for") || hd->value_len == 0)
+        if (hd->id != PX_HDR_X_FORWARDED_FOR || hd->value_len == 0)
             continue;
-        evbuffer_add(b, h->buf + hd->value_off, hd->value_len);
-        evbuffer_add(b, ", ", 2);
+        put(&o, h->buf + hd->value_off, hd->value_len);
+        PUT_LIT(&o, ", ");
     }
-    evbuffer_add_printf(b, "%s\r\n", peer_text);
+    char peer_text[INET6_ADDRSTRLEN];
+    px_sockaddr_text(&c->peer.sa, peer_text, sizeof peer_text);
+    put_str(&o, peer_text);
+    PUT_LIT(&o, "\r\n");
     if (abs_host) {
-        evbuffer_add(b, "Host: ", 6);
-        evbuffer_add(b, abs_host, abs_host_len);
-        evbuffer_add(b, "\r\n", 2);
+        PUT_LIT(&o, "Host: ");
+        put(&o, abs_host, abs_host_len);
+        PUT_LIT(&o, "\r\n");
     }
     if (!have_proto)
-        evbuffer_add(b, "X-Forwarded-Proto: http\r\n", 25);
+        PUT_LIT(&o, "X-Forwarded-Proto: http\r\n");
     if (!have_fwd_host) {
         uint32_t hl;
-        const char *host = abs_host ? abs_host : px_head_get(h, "host", &hl);
+        const char *host = abs_host ? abs_host : px_head_find(h, PX_HDR_HOST, &hl);
         if (abs_host)
             hl = (uint32_t)abs_host_len;
         if (host) {
-            evbuffer_add(b, "X-Forwarded-Host: ", 18);
-            evbuffer_add(b, host, hl);
-            evbuffer_add(b, "\r\n", 2);
+            PUT_LIT(&o, "X-Forwarded-Host: ");
+            put(&o, host, hl);
+            PUT_LIT(&o, "\r\n");
         }
     }
-    evbuffer_add_printf(b, "X-Real-IP: %s\r\n", ex->client_addr);
-    if (ex->req_body == PX_BODY_LENGTH)
-        evbuffer_add_printf(b, "Content-Length: %" PRIu64 "\r\n",
-                            (uint64_t)ex->req_parser.content_length);
-    else if (ex->req_body == PX_BODY_CHUNKED)
-        evbuffer_add(b, "Transfer-Encoding: chunked\r\n", 28);
+    PUT_LIT(&o, "X-Real-IP: ");
+    put_str(&o, ex->client_addr);
+    PUT_LIT(&o, "\r\n");
+    if (ex->req_body == PX_BODY_LENGTH) {
+        PUT_LIT(&o, "Content-Length: ");
+        put_u64(&o, ex->req_parser.content_length);
+        PUT_LIT(&o, "\r\n");
+    } else if (ex->req_body == PX_BODY_CHUNKED) {
+        PUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
+    }
     if (ex->upgrade) {
         uint32_t ul;
-        const char *u = px_head_get(h, "upgrade", &ul);
-        evbuffer_add(b, "Connection: upgrade\r\nUpgrade: ", 30);
-        evbuffer_add(b, u, ul);
-        evbuffer_add(b, "\r\n", 2);
+        const char *u = px_head_find(h, PX_HDR_UPGRADE, &ul);
+        PUT_LIT(&o, "Connection: upgrade\r\nUpgrade: ");
+        put(&o, u, ul);
+        PUT_LIT(&o, "\r\n");
     }
-    evbuffer_add(b, "\r\n", 2);
-
-    ex->req_out_len = evbuffer_get_length(b);
-    ex->req_out = malloc(ex->req_out_len);
-    if (ex->req_out)
-        evbuffer_remove(b, ex->req_out, ex->req_out_len);
-    evbuffer_free(b);
-    return ex->req_out ? 0 : -1;
+    PUT_LIT(&o, "\r\n");
+    ex->req_out_len = (size_t)(o - ex->req_out);
+    assert(ex->req_out_len <= bound);
+    return 0;
 }
 
 /*
@@ -762,13 +915,13 @@ static int request_head_done(struct px_exchange *ex)
 
     /* http-parser saw "upgrade" in any of the Connection fields. */
     uint32_t conn_len, up_len;
-    if (px_head_get(&ex->req, "upgrade", &up_len) && (p->flags & F_CONNECTION_UPGRADE))
+    if (px_head_find(&ex->req, PX_HDR_UPGRADE, &up_len) && (p->flags & F_CONNECTION_UPGRADE))
         ex->upgrade = true;
 
     if (p->flags & F_CHUNKED) {
         ex->req_body = PX_BODY_CHUNKED;
         px_wire_chunked(&ex->req.wire);     /* chunk framing is checked too */
-    } else if (px_head_get(&ex->req, "content-length", &conn_len)) {
+    } else if (px_head_find(&ex->req, PX_HDR_CONTENT_LENGTH, &conn_len)) {
         ex->req_body = p->content_length ? PX_BODY_LENGTH : PX_BODY_NONE;
         ex->req_remaining = p->content_length;
         if (!p->content_length)
@@ -955,7 +1108,7 @@ static int start_backend(struct px_exchange *ex, int exclude)
     }
     case CONF_HASH_COOKIE: {
         uint32_t len;
-        const char *v = px_head_get(&ex->req, "cookie", &len);
+        const char *v = px_head_find(&ex->req, PX_HDR_COOKIE, &len);
         size_t vlen = 0;
         if (v)
             req.key = cookie_value(v, len, pool->hash_name, pool->hash_name_len, &vlen);
@@ -992,10 +1145,7 @@ static int start_backend(struct px_exchange *ex, int exclude)
     ex->up = up;
     if (!reused) {
         struct event_base *base = ex->client->worker->base;
-        event_assign(&up->conn.rev, base, up->conn.fd, EV_READ | EV_PERSIST,
-                     upstream_read_cb, up);
-        event_assign(&up->conn.wev, base, up->conn.fd, EV_WRITE | EV_PERSIST,
-                     upstream_write_cb, up);
+        px_conn_events(&up->conn, base, upstream_read_cb, upstream_write_cb, up);
     }
     up->reused = reused;
     evbuffer_add(up->conn.out, ex->req_out, ex->req_out_len);
@@ -1122,13 +1272,14 @@ static int response_head_done(struct px_exchange *ex)
     bool interim = status >= 100 && status < 200 && status != 101;
 
     uint32_t conn_len, cl_len;
-    const char *conn_list = px_head_get(h, "connection", &conn_len);
+    bool has_conn = px_head_find(h, PX_HDR_CONNECTION, &conn_len) != NULL;
+    bool has_cl = px_head_find(h, PX_HDR_CONTENT_LENGTH, &cl_len) != NULL;
     if (!interim && status != 101) {
         if (ex->head_request || status == 204 || status == 304)
             ex->resp_body = PX_BODY_NONE;
         else if (p->flags & F_CHUNKED)
             ex->resp_body = PX_BODY_CHUNKED;
-        else if (px_head_get(h, "content-length", &cl_len))
+        else if (has_cl)
             ex->resp_body = p->content_length ? PX_BODY_LENGTH : PX_BODY_NONE;
         else
             ex->resp_body = PX_BODY_UNTIL_CLOSE;
@@ -1154,48 +1305,59 @@ static int response_head_done(struct px_exchange *ex)
         return 0;
     }
 
-    struct evbuffer *out = c->conn.out;
-    size_t before = evbuffer_get_length(out);
-    evbuffer_add_printf(out, "HTTP/1.1 %d ", status);
+    struct evbuffer_iovec vec;
+    size_t bound = head_bound(h);
+    if (evbuffer_reserve_space(c->conn.out, (ev_ssize_t)bound, &vec, 1) != 1) {
+        client_abort(c, "out of memory");
+        return -1;
+    }
+    char *o = vec.iov_base;
+    PUT_LIT(&o, "HTTP/1.1 ");
+    put_u64(&o, (uint64_t)status);
+    PUT_LIT(&o, " ");
     if (h->reason_len)
-        evbuffer_add(out, h->buf + h->reason_off, h->reason_len);
+        put(&o, h->buf + h->reason_off, h->reason_len);
     else
-        evbuffer_add_printf(out, "%s", px_status_reason(status));
-    evbuffer_add(out, "\r\n", 2);
+        put_str(&o, px_status_reason(status));
+    PUT_LIT(&o, "\r\n");
     for (unsigned i = 0; i < h->n_hdr; i++) {
         const struct px_header *hd = &h->hdr[i];
-        if (is_hop_by_hop(h, hd, conn_list, conn_len))
-            continue;
-        add_header(out, h, hd);
+        if (!is_hop_by_hop(h, hd, has_conn))
+            put_header(&o, h, hd);
     }
     if (status == 101) {
         uint32_t ul;
-        const char *u = px_head_get(h, "upgrade", &ul);
-        evbuffer_add(out, "Connection: upgrade\r\n", 21);
+        const char *u = px_head_find(h, PX_HDR_UPGRADE, &ul);
+        PUT_LIT(&o, "Connection: upgrade\r\n");
         if (u) {
-            evbuffer_add(out, "Upgrade: ", 9);
-            evbuffer_add(out, u, ul);
-            evbuffer_add(out, "\r\n", 2);
+            PUT_LIT(&o, "Upgrade: ");
+            put(&o, u, ul);
+            PUT_LIT(&o, "\r\n");
         }
     } else if (!interim) {
         if (ex->resp_body == PX_BODY_LENGTH ||
-            (px_head_get(h, "content-length", &cl_len) &&
-             (ex->head_request || status == 304)))
-            evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n",
-                                (uint64_t)p->content_length);
-        else if (ex->resp_body == PX_BODY_NONE && status != 204 && status != 304 &&
-                 !ex->head_request)
-            evbuffer_add(out, "Content-Length: 0\r\n", 19);
+            (has_cl && (ex->head_request || status == 304))) {
+            PUT_LIT(&o, "Content-Length: ");
+            put_u64(&o, p->content_length);
+            PUT_LIT(&o, "\r\n");
+        } else if (ex->resp_body == PX_BODY_NONE && status != 204 && status != 304 &&
+                   !ex->head_request) {
+            PUT_LIT(&o, "Content-Length: 0\r\n");
+        }
         if (ex->resp_chunked_out)
-            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+            PUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
         if (!ex->client_keepalive)
-            evbuffer_add(out, "Connection: close\r\n", 19);
+            PUT_LIT(&o, "Connection: close\r\n");
         else if (ex->client_http10)
-            evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+            PUT_LIT(&o, "Connection: keep-alive\r\n");
     }
-    evbuffer_add(out, "\r\n", 2);
-    ex->bytes_out += evbuffer_get_length(out) - before;
-    ex->resp_head_bytes += evbuffer_get_length(out) - before;
+    PUT_LIT(&o, "\r\n");
+    size_t head_len = (size_t)(o - (char *)vec.iov_base);
+    assert(head_len <= bound);
+    vec.iov_len = head_len;
+    evbuffer_commit_space(c->conn.out, &vec, 1);
+    ex->bytes_out += head_len;
+    ex->resp_head_bytes += head_len;
 
     if (interim) {
         px_head_reset(&ex->resp);
@@ -1297,8 +1459,12 @@ static int pump_response(struct px_exchange *ex)
     switch (ex->resp_body) {
     case PX_BODY_LENGTH:
         ex->resp_remaining -= move_bytes(up->conn.in, c->conn.out, ex->resp_remaining);
+        if (ex->pipe)
+            break;              /* done when the pipe is empty too */
         if (ex->resp_remaining == 0)
             ex->resp_done = true;
+        else if (ex->resp_remaining >= PX_SPLICE_MIN && !ex->no_splice)
+            ex->pipe = px_pipe_get(c->worker);  /* NULL: copy, as before */
         break;
     case PX_BODY_CHUNKED:
         if (feed(&ex->resp_parser, &px_response_settings, up->conn.in, NULL)
@@ -1312,7 +1478,7 @@ static int pump_response(struct px_exchange *ex)
         size_t n = evbuffer_get_length(up->conn.in);
         if (n) {
             if (ex->resp_chunked_out)
-                evbuffer_add_printf(c->conn.out, "%zx\r\n", n);
+                add_chunk_size(c->conn.out, n);
             move_bytes(up->conn.in, c->conn.out, n);
             if (ex->resp_chunked_out)
                 evbuffer_add(c->conn.out, "\r\n", 2);
@@ -1329,6 +1495,61 @@ static int pump_response(struct px_exchange *ex)
         break;
     }
     ex->bytes_out += evbuffer_get_length(c->conn.out) - before;
+    return 0;
+}
+
+/* The spliced body: from the backend socket into the pipe. Returns as
+ * px_conn_read(). Sockets splice(2) refuses are read the ordinary way. */
+static int fill_pipe(struct px_exchange *ex)
+{
+    struct px_upstream *up = ex->up;
+    struct px_pipe *pp = ex->pipe;
+    size_t before = pp->len;
+    int r = px_pipe_fill(pp, up->conn.fd, ex->resp_remaining);
+    if (r < 0 && errno == EINVAL && pp->len == 0) {
+        px_pipe_put(ex->client->worker, pp);
+        ex->pipe = NULL;
+        ex->no_splice = true;
+        return px_conn_read(&up->conn);
+    }
+    if (r == 0)
+        up->conn.eof = true;
+    size_t n = pp->len - before;
+    ex->resp_remaining -= n;
+    ex->bytes_out += n;
+    return r;
+}
+
+/* The pipe to the client, after what the client's evbuffer holds (the
+ * head, the first body bytes). -1 when the client is gone. */
+static int drain_pipe(struct px_exchange *ex)
+{
+    struct px_client *c = ex->client;
+    struct px_pipe *pp = ex->pipe;
+    if (evbuffer_get_length(c->conn.out) > 0)
+        return 0;
+    if (px_pipe_drain(pp, c->conn.fd) < 0) {
+        if (errno != EINVAL) {
+            client_abort(c, "client write error");
+            return -1;
+        }
+        /* splice(2) refuses this socket: take the bytes back out. */
+        while (pp->len > 0) {
+            int n = evbuffer_read(c->conn.out, pp->rd, (int)pp->len);
+            if (n <= 0) {
+                client_abort(c, "pipe read error");
+                return -1;
+            }
+            pp->len -= (size_t)n;
+        }
+        ex->no_splice = true;
+    }
+    if (pp->len == 0 && (ex->resp_remaining == 0 || ex->no_splice)) {
+        px_pipe_put(c->worker, pp);
+        ex->pipe = NULL;
+        if (ex->resp_remaining == 0)
+            ex->resp_done = true;
+    }
     return 0;
 }
 
@@ -1378,7 +1599,8 @@ static void arm_exchange(struct px_exchange *ex)
         client_read = !c->conn.eof &&
                       evbuffer_get_length(c->conn.in) < PX_PIPELINE_MAX;
     px_conn_want_read(&c->conn, client_read, ex->req_done ? 0 : t->client_idle, false);
-    px_conn_want_write(&c->conn, evbuffer_get_length(c->conn.out) > 0, t->server);
+    px_conn_want_write(&c->conn, evbuffer_get_length(c->conn.out) > 0 ||
+                                 (ex->pipe && ex->pipe->len > 0), t->server);
     if (!up)
         return;
     if (!up->connected) {
@@ -1386,6 +1608,8 @@ static void arm_exchange(struct px_exchange *ex)
         return;
     }
     bool up_read = !up->conn.eof && !ex->resp_done && below_watermark(c->conn.out);
+    if (ex->pipe)
+        up_read = !up->conn.eof && ex->resp_remaining > 0 && !ex->pipe->full;
     px_conn_want_read(&up->conn, up_read, t->server, false);
     px_conn_want_write(&up->conn, evbuffer_get_length(up->conn.out) > 0, t->server);
 }
@@ -1429,6 +1653,7 @@ static void arm_idle_client(struct px_client *c)
 {
     const struct conf_timeouts *t = &client_rt(c)->timeouts;
     px_conn_want_write(&c->conn, evbuffer_get_length(c->conn.out) > 0, t->server);
+    px_conn_drop_wev(&c->conn);        /* unless output is still pending */
     px_conn_want_read(&c->conn, true, t->client_idle, true);
 }
 
@@ -1562,11 +1787,16 @@ static void session_step(struct px_client *c)
         }
         if (flush_client(c) < 0)
             return;
+        if (ex->pipe && drain_pipe(ex) < 0)
+            return;
         if (ex->resp_done) {
             exchange_finish(ex);
             continue;
         }
-        if (ex->up && ex->up->conn.eof && ex->phase != PX_PHASE_TUNNEL) {
+        /* A backend that closes after the last body byte entered the pipe
+         * has said all it had to. */
+        if (ex->up && ex->up->conn.eof && ex->phase != PX_PHASE_TUNNEL &&
+            !(ex->pipe && ex->resp_remaining == 0)) {
             if (upstream_failed(ex, 502, "backend closed connection") < 0)
                 return;
             continue;
@@ -1641,7 +1871,8 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (flush_client(c) < 0)
         return;
-    if (evbuffer_get_length(c->conn.out) == 0)
+    if (evbuffer_get_length(c->conn.out) == 0 &&
+        !(c->ex && c->ex->pipe && c->ex->pipe->len > 0))
         px_conn_want_write(&c->conn, false, 0);
     session_step(c);
 }
@@ -1672,7 +1903,11 @@ static void upstream_read_cb(evutil_socket_t fd, short what, void *arg)
             session_step(c);
         return;
     }
-    int r = px_conn_read(&up->conn);
+    /* A head comes in a small read: what follows it may be a body worth
+     * splicing, which should not have been copied in already. */
+    if (ex->phase == PX_PHASE_RESP_HEAD)
+        up->conn.read_size = 0;
+    int r = ex->pipe ? fill_pipe(ex) : px_conn_read(&up->conn);
     if (r == -2)
         return;
     if (r == -1) {

@@ -25,6 +25,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -145,7 +147,7 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
     struct proxy *proxy = w->proxy;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         unsigned now = atomic_load_explicit(&proxy->connections, memory_order_relaxed);
-        if (now >= proxy->max_connections) {
+        if (now >= atomic_load_explicit(&proxy->max_connections, memory_order_relaxed)) {
             listener_pause(l);
             return;
         }
@@ -169,7 +171,13 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
         atomic_fetch_add_explicit(&proxy->connections, 1, memory_order_relaxed);
-        px_client_accept(w, cfd, (struct sockaddr *)&ss, len);
+        if (l->nodelay_inherited < 0) {
+            int on = 0;
+            socklen_t on_len = sizeof on;
+            l->nodelay_inherited =
+                getsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &on, &on_len) == 0 && on;
+        }
+        px_client_start(w, cfd, (struct sockaddr *)&ss, len, l->nodelay_inherited);
     }
 }
 
@@ -179,7 +187,8 @@ static void retry_accept_cb(evutil_socket_t fd, short what, void *arg)
     if (w->draining)
         return;
     unsigned now = atomic_load_explicit(&w->proxy->connections, memory_order_relaxed);
-    bool room = now < w->proxy->max_connections;
+    bool room = now < atomic_load_explicit(&w->proxy->max_connections,
+                                           memory_order_relaxed);
     struct px_listener *l;
     LIST_FOREACH(l, &w->listeners, link) {
         if (!l->paused)
@@ -204,6 +213,7 @@ static void listener_add(struct px_worker *w, int fd, const char *addr)
     }
     l->fd = fd;
     l->worker = w;
+    l->nodelay_inherited = -1;
     snprintf(l->addr, sizeof l->addr, "%s", addr);
     event_assign(&l->ev, w->base, fd, EV_READ | EV_PERSIST, accept_cb, l);
     event_add(&l->ev, NULL);
@@ -357,6 +367,8 @@ void *px_worker_main(void *arg)
     while ((l = LIST_FIRST(&w->listeners)))
         listener_free(l);
     px_client_close_all(w);
+    px_exchange_spares_free(w);
+    px_pipe_pool_free(w);
     struct px_gen *gen;
     while ((gen = LIST_FIRST(&w->old_gens))) {
         LIST_REMOVE(gen, link);
@@ -391,5 +403,7 @@ void px_worker_destroy(struct px_worker *w)
         event_base_free(w->base);
         w->base = NULL;
     }
+    px_exchange_spares_free(w);
+    px_pipe_pool_free(w);
     pthread_mutex_destroy(&w->mailbox_lock);
 }

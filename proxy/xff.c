@@ -17,8 +17,37 @@
 
 #include "proxy/proxy-internal.h"
 
+/* Dotted quad into `out` (room for 16 bytes); inet_ntop() goes through
+ * sprintf, which costs more than the rest of a request's bookkeeping. */
+static void ipv4_text(const uint8_t a[4], char *out)
+{
+    char *o = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100)
+            *o++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *o++ = (char)('0' + v / 10 % 10);
+        *o++ = (char)('0' + v % 10);
+        *o++ = i < 3 ? '.' : '\0';
+    }
+}
+
 void px_sockaddr_text(const struct sockaddr *sa, char *out, size_t len)
 {
+    static const uint8_t mapped[12] = { 0,0,0,0,0,0,0,0,0,0,0xff,0xff };
+    const uint8_t *v4 = NULL;
+    if (sa->sa_family == AF_INET)
+        v4 = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+    else if (sa->sa_family == AF_INET6) {
+        const uint8_t *a6 = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        if (memcmp(a6, mapped, 12) == 0)
+            v4 = a6 + 12;       /* v4 clients of a dual-stack socket as v4 */
+    }
+    if (v4 && len >= INET_ADDRSTRLEN) {
+        ipv4_text(v4, out);
+        return;
+    }
     const void *a = sa->sa_family == AF_INET6
         ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
         : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
@@ -66,7 +95,7 @@ void px_client_address(const struct px_runtime *rt, const struct sockaddr *peer,
     /* Every X-Forwarded-For header, from the last one backwards. */
     for (int h = (int)req->n_hdr - 1; h >= 0; h--) {
         const struct px_header *hd = &req->hdr[h];
-        if (!px_header_is(req, hd, "x-forwarded-for"))
+        if (hd->id != PX_HDR_X_FORWARDED_FOR)
             continue;
         const char *v = req->buf + hd->value_off;
         size_t end = hd->value_len;
