@@ -6,6 +6,7 @@
 #   make test       deps + build + unit and integration tests, then the same
 #                   suite again under AddressSanitizer + UBSan
 #   make asan       the suite under AddressSanitizer + UBSan only
+#   make tsan       the tests where threads meet, under ThreadSanitizer
 #   make run        deps + build + start the demo (proxy, backends, dashboard)
 #   make install    PREFIX=/usr/local DESTDIR= : binary, man pages, sample config
 #   make fuzz       build/fuzz/fuzz_proxy, the libFuzzer target (clang)
@@ -77,7 +78,7 @@ DASHVIEWERS_BIN := $(BUILD)/dashviewers
 UNIT_SRC    := $(wildcard tests/unit/*/test_*.c)
 UNIT_BIN    := $(UNIT_SRC:%.c=$(BUILD)/%)
 
-.PHONY: all deps geo-db test asan run install clean unit-bins bench bench-deps fuzz
+.PHONY: all deps geo-db test asan tsan run install clean unit-bins bench bench-deps fuzz
 
 all: $(BUILD)/switchboard $(BACKEND_BIN) unit-bins
 
@@ -169,10 +170,25 @@ asan: geo-db
 	$(MAKE) BUILD=build/asan SANITIZE=1 all
 	python3 tests/run.py --build build/asan
 
+# ThreadSanitizer, over the tests where threads meet: workers and the main
+# thread (reloads, signals), the health-check thread, the aggregator and its
+# rings, the dashboard thread and its wake-ups, the chat.
+TSAN_BUILD := BUILD=build/tsan CFLAGS=-fsanitize=thread LDFLAGS=-fsanitize=thread
+TSAN_TESTS := unit/telemetry,unit/dashboard,integration/test_telemetry.py,\
+	integration/test_dashboard_api.py,integration/test_health.py,\
+	integration/test_proxy_signals.py,integration/test_chat.py,\
+	integration/test_outlier.py,integration/test_queue.py
+
+tsan: geo-db
+	$(MAKE) $(TSAN_BUILD) all
+	python3 tests/run.py --build "build/tsan=$(TSAN_TESTS)"
+
 test: deps bench-deps geo-db
 	$(MAKE) all
 	$(MAKE) BUILD=build/asan SANITIZE=1 all
-	python3 tests/run.py --build build/release --build build/asan
+	$(MAKE) $(TSAN_BUILD) all
+	python3 tests/run.py --build build/release --build build/asan \
+		--build "build/tsan=$(TSAN_TESTS)"
 
 # libFuzzer target: the proxy's code (proxy/ conf/ telemetry/ geo/, without
 # main.c) built again by clang with ASan + UBSan and fuzzer coverage into

@@ -137,9 +137,11 @@ def find_unit_binaries(build):
     return found
 
 
-def wanted(keywords, name):
-    """True when no -k was given or `name` contains one of them."""
-    return keywords is None or any(k in name for k in keywords)
+def wanted(filters, name):
+    """True when `name` passes every filter: a filter is a list of
+    substrings, of which the name must contain one (-k, and a build's
+    =K1,K2 subset)."""
+    return all(any(k in name for k in f) for f in filters)
 
 
 def run_unit_binary(path, build, label, env, keyword, totals):
@@ -167,7 +169,7 @@ def run_unit_binary(path, build, label, env, keyword, totals):
         else:
             continue
         full = "%s::%s" % (bin_name, name)
-        if not wanted(keyword, full) and not wanted(keyword, bin_name):
+        if not wanted(keyword, full):
             continue
         matched = True
         totals.report(ok, label, full, reason)
@@ -402,8 +404,10 @@ def main(argv):
         return child_main(argv[1], argv[2])
 
     ap = argparse.ArgumentParser(description="Run Switchboard's unit and integration tests.")
-    ap.add_argument("--build", action="append", metavar="DIR",
-                    help="build directory to test (repeatable; default build/release)")
+    ap.add_argument("--build", action="append", metavar="DIR[=K1,K2]",
+                    help="build directory to test (repeatable; default build/release); "
+                         "=K1,K2 runs only the tests of that build whose names contain "
+                         "one of them")
     ap.add_argument("-k", dest="keyword", metavar="SUBSTRING", action="append",
                     help="only tests whose full name contains SUBSTRING (repeatable: any)")
     group = ap.add_mutually_exclusive_group()
@@ -414,8 +418,12 @@ def main(argv):
     os.chdir(ROOT)
     totals = Totals()
     try:
-        for build in args.build or ["build/release"]:
+        for spec in args.build or ["build/release"]:
+            build, _, only = spec.partition("=")
             build = os.path.abspath(build)
+            keyword = [args.keyword] if args.keyword else []
+            if only:
+                keyword.append([k.strip() for k in only.split(",") if k.strip()])
             label = os.path.basename(os.path.normpath(build))
             if not os.path.isdir(build):
                 print("note: build directory %s does not exist" % build, flush=True)
@@ -425,9 +433,9 @@ def main(argv):
                                   " (sanitized)" if sanitized else ""), flush=True)
             if not args.integration_only:
                 for path in find_unit_binaries(build):
-                    run_unit_binary(path, build, label, env, args.keyword, totals)
+                    run_unit_binary(path, build, label, env, keyword, totals)
             if not args.unit_only:
-                run_integration(label, env, args.keyword, totals)
+                run_integration(label, env, keyword, totals)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         print("%d passed, %d failed" % (totals.passed, totals.failed + 1), flush=True)
