@@ -45,8 +45,10 @@ static const struct lws_protocols protocols[] = {
       0, NULL, 0 },
     { DASH_PROTOCOL_TELEMETRY, dash_telemetry_callback, sizeof(struct dash_tel_client),
       1024, 1, NULL, 0 },
+    /* Chat frames are small and ws_chat.c gathers fragments itself: a 1 KiB
+     * receive buffer saves 3 KiB a connection over 4 KiB (5,000 users). */
     { DASH_PROTOCOL_CHAT, dash_chat_callback, sizeof(struct dash_chat_client),
-      4096, 2, NULL, 0 },
+      1024, 2, NULL, 0 },
     { NULL, NULL, 0, 0, 0, NULL, 0 },
 };
 
