@@ -490,6 +490,27 @@ class Switchboard(_Process):
         self._stdout_file.close()
 
 
+def run_script(argv, limit):
+    """Runs a script that starts processes of its own (a benchmark); on the
+    time limit it gets SIGTERM (it stops what it started), then SIGKILL, and
+    the test fails with its output. Returns (exit code, output)."""
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        raise AssertionError("%s did not finish in %ss:\n%s"
+                             % (" ".join(os.path.basename(a) for a in argv[1:3]), limit,
+                                out.decode("utf-8", "replace")[-4000:]))
+    return proc.returncode, out.decode("utf-8", "replace")
+
+
 def run_switchboard_check(config_text, timeout=30):
     """`switchboard -t -c FILE`: returns (exit_code, stdout + stderr)."""
     tmpdir = make_tmpdir("sb-check-")

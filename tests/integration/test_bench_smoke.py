@@ -14,8 +14,6 @@ bench started are checked for sanitizer reports.
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 
 import harness
@@ -44,32 +42,13 @@ def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _run_bench(argv, limit):
-    """Runs bench.py; on the time limit it gets SIGTERM (it stops what it
-    started), then SIGKILL. Returns (exit code, output)."""
-    proc = subprocess.Popen(argv, cwd=harness.ROOT, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        out, _ = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        raise AssertionError("bench.py --quick did not finish in %ss:\n%s"
-                             % (limit, out.decode("utf-8", "replace")[-4000:]))
-    return proc.returncode, out.decode("utf-8", "replace")
-
-
 def test_bench_quick_is_complete():
     tmp = harness.make_tmpdir("sb-bench-smoke-")
     out_json = os.path.join(tmp, "bench.json")
     argv = [sys.executable, os.path.join(harness.ROOT, "tests", "bench", "bench.py"),
             "--quick", "--build", harness.build_dir(), "--json", out_json,
             "--workdir", tmp, "--keep"]
-    code, text = _run_bench(argv, BENCH_LIMIT)
+    code, text = harness.run_script(argv, BENCH_LIMIT)
     assert code == 0, "bench.py --quick exited with %d:\n%s" % (code, text[-4000:])
 
     # The table: a header naming the machine and versions, every scenario,

