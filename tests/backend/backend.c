@@ -743,6 +743,10 @@ static bool http_consume(struct conn *c)
             c->busy = BUSY_DELAY;
             struct timeval tv = { (time_t)(c->delay_ms / 1000),
                                   (suseconds_t)(c->delay_ms % 1000) * 1000 };
+            /* From now, not from the loop's cached time, which is as old as
+             * this turn of the loop: on a slow build that is milliseconds,
+             * and the delay would end that much early. */
+            event_base_update_cache_time(event_get_base(&c->ev_timer));
             evtimer_add(&c->ev_timer, &tv);
         } else {
             respond(c);
