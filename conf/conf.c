@@ -1849,6 +1849,8 @@ static const struct conf_key top_keys[] = {
       .noun = "listen address", .check = check_listen,
       .off = offsetof(struct conf, listen),
       .count_off = offsetof(struct conf, n_listen) },
+    { .name = "defer_accept", .type = KT_BOOL, .def = "true",
+      .off = offsetof(struct conf, defer_accept) },
     { .name = "workers", .type = KT_AUTO_UINT, .def = "auto", .min = 1, .max = 256,
       .off = offsetof(struct conf, workers) },
     { .name = "pools", .type = KT_SECTION_MAP, .flags = KEY_REQUIRED, .min = 1,

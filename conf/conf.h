@@ -226,6 +226,10 @@ struct conf {
 
     struct conf_addr *listen;
     size_t n_listen;
+    /* Accept a client connection once its first bytes arrive (Linux
+     * TCP_DEFER_ACCEPT; nginx's `deferred`, HAProxy's `defer-accept`): HTTP
+     * clients speak first. Default true. */
+    bool defer_accept;
 
     unsigned workers;           /* resolved: "auto" becomes the core count */
 

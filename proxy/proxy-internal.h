@@ -60,6 +60,9 @@
 #define PX_INLINE_HEADERS   16
 /* Idle backend connections kept per server per worker. */
 #define PX_IDLE_PER_SERVER  256
+/* How long an answered-to-be request goes without a watch on its client
+ * (struct px_exchange: watch_pending). */
+#define PX_ABORT_WATCH_MS   100
 /* An idle backend connection unused this long is closed. */
 #define PX_BACKEND_IDLE_MS  30000
 /* After an error answer, how long unread client bytes are drained before the
@@ -148,7 +151,37 @@ struct px_conn {
     bool writing;               /* wev is pending */
     bool eof;                   /* peer sent FIN */
     bool shut_wr;               /* we sent FIN */
+    bool fin_follows;           /* closed as soon as the output is written */
+    bool flush_notify;          /* queued: call on_writable after the write */
+    uint32_t flush_slot;        /* 1 + index in its worker's px_flushq; 0: not queued */
 };
+
+/*
+ * Output written at the end of the event-loop turn rather than as soon as it
+ * is produced (as Redis does before it sleeps). One epoll_wait hands a worker
+ * many ready sockets; answering each at once wakes the peer (backend or
+ * client) for every single message, and a fast peer goes back to sleep in
+ * between, so every write pays a cross-CPU wake-up. Written together, the
+ * first write wakes the peer and the rest find it awake, and the peer takes
+ * them in one epoll_wait of its own.
+ */
+struct px_flushq {
+    struct px_conn **items;     /* NULL where a queued connection closed */
+    uint32_t n, cap;
+    bool flushing;              /* px_flushq_run is writing: write at once */
+};
+
+/* Queue `c` for the end of the turn. `notify`: its owner must look at it
+ * after the write even when all went out (state waits on empty output).
+ * Returns false when the write must happen now (while flushing, or out of
+ * memory). */
+bool px_flushq_add(struct px_flushq *q, struct px_conn *c, bool notify);
+/* Before a queued connection is freed. */
+void px_flushq_remove(struct px_flushq *q, struct px_conn *c);
+/* Write every queued connection. Its on_writable callback runs when the
+ * write failed, output is left, or notify was asked for. */
+void px_flushq_run(struct px_flushq *q);
+void px_flushq_free(struct px_flushq *q);
 
 /* 1 bytes read, 0 EOF, -1 error (errno set), -2 nothing to read now. */
 int  px_conn_read(struct px_conn *c);
@@ -182,7 +215,8 @@ int  px_pipe_drain(struct px_pipe *pp, int fd);
 /* Write what the socket takes. 0 ok (maybe partial), -1 error (errno set). */
 int  px_conn_write(struct px_conn *c);
 /* Arm or disarm the read event; `timeout_ms` 0 = none. Cheap when unchanged
- * and `rearm` is false. */
+ * and `rearm` is false. Arming the write event of a connection queued in a
+ * px_flushq waits for the flush: most writes then need no event at all. */
 void px_conn_want_read(struct px_conn *c, bool on, uint32_t timeout_ms, bool rearm);
 void px_conn_want_write(struct px_conn *c, bool on, uint32_t timeout_ms);
 /* Set up the events of a connection whose fd is set: `on_readable` and
@@ -371,6 +405,13 @@ struct px_exchange {
     uint64_t queued_ns;
     TAILQ_ENTRY(px_exchange) wait_link;
 
+    /* Once the request is read, the client is watched for an abort only
+     * after PX_ABORT_WATCH_MS: most answers come sooner, and a client read
+     * event armed and disarmed per request costs two epoll_ctl calls. */
+    bool watch_pending;         /* in worker->unwatched */
+    bool watch_due;             /* waited long enough: arm the client read */
+    TAILQ_ENTRY(px_exchange) watch_link;
+
     size_t req_out_len;         /* of req_out */
     unsigned retries;
 
@@ -452,6 +493,9 @@ struct px_worker {
     struct tm_ring *ring;       /* telemetry; NULL when off. Owned by proxy */
     bool joined;                /* main thread: the thread has been joined */
     struct geo_cache *geo_cache;        /* this worker's, for the access log */
+    struct px_flushq flushq;            /* output waiting for the turn's end */
+    TAILQ_HEAD(, px_exchange) unwatched;    /* oldest first: watch_pending */
+    struct event watch_ev;              /* arms the client reads that are due */
 };
 
 struct px_listen_set {
@@ -485,6 +529,10 @@ struct proxy {
 
 void px_worker_post(struct px_worker *w, struct px_msg *msg);
 void *px_worker_main(void *arg);
+/* One event-loop turn (event_base_loop flags), then the queued output. */
+int  px_worker_turn(struct px_worker *w, int loop_flags);
+/* watch_ev's callback: arm the client reads of exchanges now due. */
+void px_abort_watch_due(struct px_worker *w);
 /* Building a worker without its thread (proxy.c, and tests/fuzz, which
  * drives its event_base in-process): set it up, then give it a runtime
  * (one reference passes to the worker); px_client_accept() hands it

@@ -28,7 +28,21 @@
 #include "proxy/proxy-internal.h"
 
 
-static int open_listener(const struct conf_addr *addr, char *err, size_t errlen)
+/* How long the kernel holds a silent connection back from accept(): after
+ * that (at its next SYN-ACK retransmission) it is accepted anyway, and
+ * timeouts.client_header takes over. Seconds, as nginx and HAProxy use. */
+#define PX_DEFER_ACCEPT_S   1
+
+/* A connection is accepted with its request already readable, so the first
+ * read needs no trip through epoll (and often no epoll_ctl at all). */
+static void set_defer_accept(int fd, bool on)
+{
+    int secs = on ? PX_DEFER_ACCEPT_S : 0;
+    setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof secs);
+}
+
+static int open_listener(const struct conf_addr *addr, bool defer_accept,
+                         char *err, size_t errlen)
 {
     int fd = socket(addr->u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -43,6 +57,7 @@ static int open_listener(const struct conf_addr *addr, char *err, size_t errlen)
     /* Accepted sockets inherit it on Linux, which saves a setsockopt() per
      * connection (worker.c checks that on the first one). */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    set_defer_accept(fd, defer_accept);
     if (bind(fd, &addr->u.sa, addr->len) < 0) {
         snprintf(err, errlen, "listen %s: bind: %s", addr->text, strerror(errno));
         close(fd);
@@ -70,7 +85,8 @@ static void listen_set_close(struct px_listen_set *set, unsigned n_workers)
 }
 
 static int listen_set_open(struct px_listen_set *set, const struct conf_addr *addr,
-                           unsigned n_workers, char *err, size_t errlen)
+                           bool defer_accept, unsigned n_workers, char *err,
+                           size_t errlen)
 {
     set->addr = *addr;
     set->fds = malloc(n_workers * sizeof *set->fds);
@@ -81,7 +97,7 @@ static int listen_set_open(struct px_listen_set *set, const struct conf_addr *ad
     for (unsigned i = 0; i < n_workers; i++)
         set->fds[i] = -1;
     for (unsigned i = 0; i < n_workers; i++)
-        if ((set->fds[i] = open_listener(addr, err, errlen)) < 0) {
+        if ((set->fds[i] = open_listener(addr, defer_accept, err, errlen)) < 0) {
             listen_set_close(set, n_workers);
             return -1;
         }
@@ -151,8 +167,8 @@ struct proxy *proxy_new(const struct conf *conf, char *err, size_t errlen)
     if (!proxy->listens && conf->n_listen)
         goto nomem;
     for (size_t i = 0; i < conf->n_listen; i++) {
-        if (listen_set_open(&proxy->listens[i], &conf->listen[i], proxy->n_workers,
-                            err, errlen) < 0)
+        if (listen_set_open(&proxy->listens[i], &conf->listen[i], conf->defer_accept,
+                            proxy->n_workers, err, errlen) < 0)
             goto fail;
         proxy->n_listens++;
     }
@@ -255,11 +271,14 @@ int proxy_reload(struct proxy *proxy, const struct conf *conf, char *err,
                 break;
         if (j < proxy->n_listens) {
             kept[j] = true;
+            /* The kernel takes the change on a listening socket. */
+            for (unsigned w = 0; w < proxy->n_workers; w++)
+                set_defer_accept(proxy->listens[j].fds[w], conf->defer_accept);
             table[n_table++] = proxy->listens[j];
             continue;
         }
-        if (listen_set_open(&table[n_table], &conf->listen[i], proxy->n_workers,
-                            err, errlen) < 0)
+        if (listen_set_open(&table[n_table], &conf->listen[i], conf->defer_accept,
+                            proxy->n_workers, err, errlen) < 0)
             goto fail;
         n_table++;
     }

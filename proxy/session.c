@@ -384,6 +384,7 @@ static const char *cookie_value(const char *v, size_t len, const char *name,
 static void client_free(struct px_client *c)
 {
     struct px_worker *w = c->worker;
+    px_flushq_remove(&w->flushq, &c->conn);
     px_conn_close(&c->conn);
     TAILQ_REMOVE(&w->clients, c, link);
     w->n_clients--;
@@ -414,6 +415,10 @@ static void exchange_free(struct px_exchange *ex)
     struct px_worker *w = ex->client->worker;
     if (ex->queued)
         dequeue(ex);
+    if (ex->watch_pending) {
+        TAILQ_REMOVE(&w->unwatched, ex, watch_link);
+        ex->watch_pending = false;
+    }
     if (ex->pipe) {
         px_pipe_put(w, ex->pipe);       /* closed if bytes are left in it */
         ex->pipe = NULL;
@@ -1553,11 +1558,27 @@ static int drain_pipe(struct px_exchange *ex)
     return 0;
 }
 
-/* Write pending output on both sides. -1 when the client is gone. */
+/* Write pending output on both sides, at the end of the event-loop turn
+ * (struct px_flushq) where nothing else waits on it, else now. -1 when the
+ * client is gone. */
 static int flush_client(struct px_client *c)
 {
-    if (evbuffer_get_length(c->conn.out) == 0)
+    size_t len = evbuffer_get_length(c->conn.out);
+    if (len == 0)
         return 0;
+    /* Once written, step_closing() sends FIN (close or shutdown). */
+    c->conn.fin_follows = c->state == PX_CLIENT_CLOSING;
+    struct px_exchange *ex = c->ex;
+    /* Splicing must follow the head, and a tunnel passes half-closes on
+     * after its output: both write now. */
+    if (!(ex && (ex->pipe || ex->phase == PX_PHASE_TUNNEL))) {
+        /* Closing waits for empty output; a full buffer stopped the reader
+         * that feeds it: the flush must step the session again. */
+        bool notify = c->state != PX_CLIENT_ACTIVE && c->state != PX_CLIENT_IDLE;
+        notify |= len >= PX_HIGH_WATERMARK;
+        if (px_flushq_add(&c->worker->flushq, &c->conn, notify))
+            return 0;
+    }
     if (px_conn_write(&c->conn) < 0) {
         client_abort(c, "client write error");
         return -1;
@@ -1568,11 +1589,53 @@ static int flush_client(struct px_client *c)
 static int flush_upstream(struct px_exchange *ex)
 {
     struct px_upstream *up = ex->up;
-    if (!up || !up->connected || evbuffer_get_length(up->conn.out) == 0)
+    size_t len;
+    if (!up || !up->connected || (len = evbuffer_get_length(up->conn.out)) == 0)
+        return 0;
+    if (ex->phase != PX_PHASE_TUNNEL &&
+        px_flushq_add(&up->worker->flushq, &up->conn, len >= PX_HIGH_WATERMARK))
         return 0;
     if (px_conn_write(&up->conn) < 0)
         return upstream_failed(ex, 502, "backend write error");
     return 0;
+}
+
+static void set_timer_ms(struct event *ev, uint64_t ms)
+{
+    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+    evtimer_add(ev, &tv);
+}
+
+/* The client of `ex` gets its read event (and so an abort is seen) only once
+ * the answer takes PX_ABORT_WATCH_MS. */
+static void watch_later(struct px_exchange *ex)
+{
+    struct px_worker *w = ex->client->worker;
+    if (ex->watch_pending)
+        return;
+    TAILQ_INSERT_TAIL(&w->unwatched, ex, watch_link);
+    ex->watch_pending = true;
+    if (!evtimer_pending(&w->watch_ev, NULL))
+        set_timer_ms(&w->watch_ev, PX_ABORT_WATCH_MS);
+}
+
+static void arm_exchange(struct px_exchange *ex);
+
+void px_abort_watch_due(struct px_worker *w)
+{
+    uint64_t now = px_now_ns();
+    struct px_exchange *ex;
+    while ((ex = TAILQ_FIRST(&w->unwatched))) {
+        uint64_t age_ms = (now - ex->t_start_ns) / 1000000u;
+        if (age_ms < PX_ABORT_WATCH_MS) {
+            set_timer_ms(&w->watch_ev, PX_ABORT_WATCH_MS - age_ms);
+            return;
+        }
+        TAILQ_REMOVE(&w->unwatched, ex, watch_link);
+        ex->watch_pending = false;
+        ex->watch_due = true;
+        arm_exchange(ex);
+    }
 }
 
 /* Arm the events the exchange now needs. */
@@ -1593,11 +1656,17 @@ static void arm_exchange(struct px_exchange *ex)
     /* Client: read the request body while the backend takes it; otherwise
      * keep an ear open for an abort, up to a bounded amount of pipelining. */
     bool client_read;
-    if (!ex->req_done)          /* not after EOF: epoll would fire forever */
+    if (!ex->req_done) {        /* not after EOF: epoll would fire forever */
         client_read = up && below_watermark(up->conn.out) && !c->conn.eof;
-    else
+    } else {
         client_read = !c->conn.eof &&
                       evbuffer_get_length(c->conn.in) < PX_PIPELINE_MAX;
+        /* An event still armed from before costs nothing to keep. */
+        if (client_read && !c->conn.reading && !ex->watch_due) {
+            watch_later(ex);
+            client_read = false;
+        }
+    }
     px_conn_want_read(&c->conn, client_read, ex->req_done ? 0 : t->client_idle, false);
     px_conn_want_write(&c->conn, evbuffer_get_length(c->conn.out) > 0 ||
                                  (ex->pipe && ex->pipe->len > 0), t->server);
@@ -1662,6 +1731,8 @@ static void step_closing(struct px_client *c)
 {
     if (flush_client(c) < 0)
         return;
+    if (c->conn.flush_slot)
+        return;                 /* the flush steps it again */
     const struct conf_timeouts *t = &client_rt(c)->timeouts;
     if (evbuffer_get_length(c->conn.out) > 0) {
         px_conn_want_read(&c->conn, false, 0, false);

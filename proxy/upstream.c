@@ -29,6 +29,7 @@ void px_upstream_close(struct px_upstream *up)
         TAILQ_REMOVE(&up->gen->idle[up->server->global_index], up, idle_link);
         up->gen->idle_count[up->server->global_index]--;
     }
+    px_flushq_remove(&up->worker->flushq, &up->conn);
     px_conn_close(&up->conn);
     free(up);
 }

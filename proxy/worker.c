@@ -316,6 +316,11 @@ static void queue_cb(evutil_socket_t fd, short what, void *arg)
     px_dispatch_queues(arg);
 }
 
+static void watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    px_abort_watch_due(arg);
+}
+
 /* Called on the main thread before the thread starts. */
 int px_worker_init(struct px_worker *w, struct proxy *proxy, unsigned id)
 {
@@ -344,6 +349,8 @@ int px_worker_init(struct px_worker *w, struct proxy *proxy, unsigned id)
     event_add(&w->notify, NULL);
     evtimer_assign(&w->retry_accept, w->base, retry_accept_cb, w);
     evtimer_assign(&w->queue_ev, w->base, queue_cb, w);
+    TAILQ_INIT(&w->unwatched);
+    evtimer_assign(&w->watch_ev, w->base, watch_cb, w);
     return 0;
 }
 
@@ -357,10 +364,21 @@ void px_worker_add_listener(struct px_worker *w, int fd, const char *addr)
     listener_add(w, fd, addr);
 }
 
+/* One turn at a time, so that output queued during a turn goes out
+ * together at its end (struct px_flushq). */
+int px_worker_turn(struct px_worker *w, int loop_flags)
+{
+    int rc = event_base_loop(w->base, loop_flags);
+    px_flushq_run(&w->flushq);
+    return rc;
+}
+
 void *px_worker_main(void *arg)
 {
     struct px_worker *w = arg;
-    event_base_dispatch(w->base);
+    while (!event_base_got_exit(w->base) && !event_base_got_break(w->base))
+        if (px_worker_turn(w, EVLOOP_ONCE) < 0)
+            break;
 
     /* Out of the loop: everything this worker owns goes. */
     struct px_listener *l;
@@ -380,6 +398,7 @@ void *px_worker_main(void *arg)
     }
     geo_cache_free(w->geo_cache);
     w->geo_cache = NULL;
+    px_flushq_free(&w->flushq);
     return NULL;
 }
 
@@ -399,6 +418,7 @@ void px_worker_destroy(struct px_worker *w)
         event_del(&w->notify);
         event_del(&w->retry_accept);
         event_del(&w->queue_ev);
+        event_del(&w->watch_ev);
         close(efd);
         event_base_free(w->base);
         w->base = NULL;

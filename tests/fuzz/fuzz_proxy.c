@@ -296,7 +296,7 @@ static void run_to_rest(struct run *r)
     uint64_t last = 0;
     int idle = 0;
     for (int i = 0; i < MAX_ROUNDS && idle < IDLE_ROUNDS; i++) {
-        event_base_loop(worker->base, EVLOOP_NONBLOCK);
+        px_worker_turn(worker, EVLOOP_NONBLOCK);
         bool moved = our_io(r);
         uint64_t now = proxy_state();
         idle = (!moved && now == last) ? idle + 1 : 0;
@@ -344,7 +344,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Back to nothing for the next input. */
     px_client_close_all(worker);
     px_gen_close_idle(worker->gen);
-    event_base_loop(worker->base, EVLOOP_NONBLOCK);
+    px_worker_turn(worker, EVLOOP_NONBLOCK);
     close(r.client_fd);
     for (unsigned i = 0; i < r.n_backends; i++)
         if (r.backends[i].fd >= 0)

@@ -345,6 +345,22 @@ static void conf_bools(void)
                  "t.yaml:6:40: pools.p.servers[0].backup: expected true or false, got \"maybe\"");
 }
 
+static void conf_defer_accept(void)
+{
+    struct conf *c = load(BASE_LISTEN BASE_POOL);
+    CHECKF(c != NULL, "%.400s", err);
+    if (c)
+        CHECK(c->defer_accept);         /* the default */
+    conf_free(c);
+    c = load(BASE_LISTEN "defer_accept: off\n" BASE_POOL);
+    CHECKF(c != NULL, "%.400s", err);
+    if (c)
+        CHECK(!c->defer_accept);
+    conf_free(c);
+    EXPECT_ERROR(BASE_LISTEN "defer_accept: 2\n" BASE_POOL,
+                 "t.yaml:3:15: defer_accept: expected true or false, got \"2\"");
+}
+
 static void conf_sample_file(void)
 {
     struct conf *c = conf_load("conf/switchboard.yaml", err, sizeof err);
@@ -1099,6 +1115,7 @@ int main(void)
     RUN(conf_workers);
     RUN(conf_limits);
     RUN(conf_bools);
+    RUN(conf_defer_accept);
     RUN(conf_sample_file);
     RUN(conf_load_missing_file);
     RUN(conf_err_unknown_key);
