@@ -63,6 +63,8 @@
 /* How long an answered-to-be request goes without a watch on its client
  * (struct px_exchange: watch_pending). */
 #define PX_ABORT_WATCH_MS   100
+/* Empty evbuffers a worker keeps for reuse (two per active client). */
+#define PX_SPARE_BUFS_MAX   128
 /* An idle backend connection unused this long is closed. */
 #define PX_BACKEND_IDLE_MS  30000
 /* After an error answer, how long unread client bytes are drained before the
@@ -494,6 +496,10 @@ struct px_worker {
     bool joined;                /* main thread: the thread has been joined */
     struct geo_cache *geo_cache;        /* this worker's, for the access log */
     struct px_flushq flushq;            /* output waiting for the turn's end */
+    /* Empty evbuffers given back by idle and closed clients, for the next
+     * client that has bytes to move (session.c: client_buffers). */
+    struct evbuffer *spare_bufs[PX_SPARE_BUFS_MAX];
+    unsigned n_spare_bufs;
     TAILQ_HEAD(, px_exchange) unwatched;    /* oldest first: watch_pending */
     struct event watch_ev;              /* arms the client reads that are due */
 };
@@ -531,6 +537,8 @@ void px_worker_post(struct px_worker *w, struct px_msg *msg);
 void *px_worker_main(void *arg);
 /* One event-loop turn (event_base_loop flags), then the queued output. */
 int  px_worker_turn(struct px_worker *w, int loop_flags);
+/* A worker's spare evbuffers go, when it stops. */
+void px_spare_bufs_free(struct px_worker *w);
 /* watch_ev's callback: arm the client reads of exchanges now due. */
 void px_abort_watch_due(struct px_worker *w);
 /* Building a worker without its thread (proxy.c, and tests/fuzz, which

@@ -381,10 +381,68 @@ static const char *cookie_value(const char *v, size_t len, const char *name,
 
 /* ---- events ------------------------------------------------------------ */
 
+/*
+ * A client holds its two evbuffers only while it has bytes to move: an idle
+ * keep-alive connection gives them back (release_buffers) and takes them
+ * again with its next bytes, from its worker's spares, so that thousands of
+ * idle connections cost their px_client and little else (as HAProxy frees
+ * an idle connection's buffers).
+ */
+static struct evbuffer *buffer_get(struct px_worker *w)
+{
+    if (w->n_spare_bufs)
+        return w->spare_bufs[--w->n_spare_bufs];
+    return evbuffer_new();
+}
+
+static void buffer_put(struct px_worker *w, struct evbuffer *b)
+{
+    if (w->n_spare_bufs < PX_SPARE_BUFS_MAX && evbuffer_get_length(b) == 0)
+        w->spare_bufs[w->n_spare_bufs++] = b;
+    else
+        evbuffer_free(b);
+}
+
+void px_spare_bufs_free(struct px_worker *w)
+{
+    while (w->n_spare_bufs)
+        evbuffer_free(w->spare_bufs[--w->n_spare_bufs]);
+}
+
+static int client_buffers(struct px_client *c)
+{
+    if (!c->conn.in)
+        c->conn.in = buffer_get(c->worker);
+    if (!c->conn.out)
+        c->conn.out = buffer_get(c->worker);
+    return c->conn.in && c->conn.out ? 0 : -1;
+}
+
+/* Both buffers are empty and nothing is queued for the socket. */
+static void release_buffers(struct px_client *c)
+{
+    if (c->conn.in) {
+        buffer_put(c->worker, c->conn.in);
+        c->conn.in = NULL;
+    }
+    if (c->conn.out) {
+        buffer_put(c->worker, c->conn.out);
+        c->conn.out = NULL;
+    }
+}
+
+static bool client_drained(const struct px_client *c)
+{
+    return c->conn.in && evbuffer_get_length(c->conn.in) == 0 &&
+           evbuffer_get_length(c->conn.out) == 0 && !c->conn.flush_slot;
+}
+
 static void client_free(struct px_client *c)
 {
     struct px_worker *w = c->worker;
     px_flushq_remove(&w->flushq, &c->conn);
+    if (client_drained(c))
+        release_buffers(c);
     px_conn_close(&c->conn);
     TAILQ_REMOVE(&w->clients, c, link);
     w->n_clients--;
@@ -593,13 +651,11 @@ void px_client_start(struct px_worker *w, int fd, const struct sockaddr *sa,
     c->counted = true;
     memcpy(&c->peer, sa, len < sizeof c->peer ? len : sizeof c->peer);
     c->conn.fd = fd;
-    c->conn.in = evbuffer_new();
-    c->conn.out = evbuffer_new();
     TAILQ_INSERT_TAIL(&w->clients, c, link);
     w->n_clients++;
     atomic_fetch_add_explicit(&w->proxy->gauges.client_connections, 1,
                               memory_order_relaxed);
-    if (!c->conn.in || !c->conn.out) {
+    if (client_buffers(c) < 0) {
         client_free(c);
         return;
     }
@@ -1724,6 +1780,12 @@ static void arm_idle_client(struct px_client *c)
     px_conn_want_write(&c->conn, evbuffer_get_length(c->conn.out) > 0, t->server);
     px_conn_drop_wev(&c->conn);        /* unless output is still pending */
     px_conn_want_read(&c->conn, true, t->client_idle, true);
+    /* The buffers go once the answer is out: now, or after the flush
+     * (client_write_cb). */
+    if (client_drained(c))
+        release_buffers(c);
+    else if (c->conn.flush_slot && evbuffer_get_length(c->conn.in) == 0)
+        px_flushq_add(&c->worker->flushq, &c->conn, true);
 }
 
 /* Closing: flush, then (after an error answer) linger to drain input. */
@@ -1919,6 +1981,11 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
         client_timeout(c);
         return;
     }
+    /* An idle client's buffers were given back (px_client_release_idle_buffers). */
+    if (!c->conn.in && client_buffers(c) < 0) {
+        client_abort(c, "out of memory");
+        return;
+    }
     int r = px_conn_read(&c->conn);
     if (r == -2)
         return;
@@ -1945,6 +2012,13 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg)
     if (evbuffer_get_length(c->conn.out) == 0 &&
         !(c->ex && c->ex->pipe && c->ex->pipe->len > 0))
         px_conn_want_write(&c->conn, false, 0);
+    /* An idle keep-alive client whose answer just went out: its read
+     * event is armed already (arm_idle_client); only the buffers go. */
+    if (c->state == PX_CLIENT_IDLE && !c->ex && client_drained(c)) {
+        px_conn_drop_wev(&c->conn);
+        release_buffers(c);
+        return;
+    }
     session_step(c);
 }
 
@@ -2082,9 +2156,16 @@ void px_client_shutdown_idle(struct px_worker *w)
     struct px_client *c, *next;
     for (c = TAILQ_FIRST(&w->clients); c; c = next) {
         next = TAILQ_NEXT(c, link);
-        if (c->state == PX_CLIENT_IDLE && !c->ex &&
-            evbuffer_get_length(c->conn.in) == 0)
-            client_free(c);
+        if (c->state != PX_CLIENT_IDLE || c->ex ||
+            (c->conn.in && evbuffer_get_length(c->conn.in) > 0))
+            continue;
+        if (c->conn.out && evbuffer_get_length(c->conn.out) > 0) {
+            /* An answer still queued for this turn's end goes out first. */
+            c->state = PX_CLIENT_CLOSING;
+            session_step(c);
+            continue;
+        }
+        client_free(c);
     }
 }
 

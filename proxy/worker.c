@@ -399,6 +399,7 @@ void *px_worker_main(void *arg)
     geo_cache_free(w->geo_cache);
     w->geo_cache = NULL;
     px_flushq_free(&w->flushq);
+    px_spare_bufs_free(w);
     return NULL;
 }
 

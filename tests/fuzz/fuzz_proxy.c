@@ -269,8 +269,9 @@ static uint64_t proxy_state(void)
     const struct px_client *c;
     TAILQ_FOREACH(c, &worker->clients, link) {
         MIX(c->state);
-        MIX(evbuffer_get_length(c->conn.in));
-        MIX(evbuffer_get_length(c->conn.out));
+        /* An idle client has given its buffers back. */
+        MIX(c->conn.in ? evbuffer_get_length(c->conn.in) : 0);
+        MIX(c->conn.out ? evbuffer_get_length(c->conn.out) : 0);
         MIX(c->conn.eof);
         MIX(c->requests);
         const struct px_exchange *ex = c->ex;
