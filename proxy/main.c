@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -123,6 +124,11 @@ static void stop_telemetry(struct main_state *st)
         st->aggregator = NULL;
     }
     if (st->tm_source) {
+        /* A record is dropped only when the aggregator fell behind: worth
+         * a line at exit, with the rest of the process log. */
+        uint64_t dropped = st->tm_source->dropped ? st->tm_source->dropped(st->tm_source) : 0;
+        sb_log(dropped ? SB_LOG_WARN : SB_LOG_INFO,
+               "telemetry: %" PRIu64 " records dropped", dropped);
         st->tm_source->destroy(st->tm_source);
         st->tm_source = NULL;
     }

@@ -692,7 +692,7 @@ static void apply_one(struct tm_aggregator *a, const struct tm_record *r,
     struct client_payload *clp = tm_topk_add(m->clients, akey, sizeof akey, 1, &entered);
     if (entered) {
         memcpy(clp->country, cc, sizeof clp->country);
-        snprintf(clp->city, sizeof clp->city, "%s", g->city);
+        copy_field(clp->city, sizeof clp->city, g->city, sizeof g->city);
     }
     m->clients_seq = stamp;
 
@@ -707,7 +707,7 @@ static void apply_one(struct tm_aggregator *a, const struct tm_record *r,
     rc->kind = r->kind;
     rc->status = r->status;
     memcpy(rc->country, cc, sizeof rc->country);
-    snprintf(rc->city, sizeof rc->city, "%s", g->city);
+    copy_field(rc->city, sizeof rc->city, g->city, sizeof g->city);
     rc->lat = g->latitude;
     rc->lon = g->longitude;
     rc->has_location = g->has_location;
