@@ -129,15 +129,6 @@ int px_conn_write(struct px_conn *c)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return 0;
-            if (errno == ENOTSOCK) {
-                /* Not a socket (a test's pipe): no flags to give. */
-                int w = evbuffer_write(c->out, c->fd);
-                if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                    return -1;
-                if (w <= 0)
-                    return 0;
-                continue;
-            }
             return -1;
         }
         if (sent == 0)

@@ -217,9 +217,10 @@ int  px_pipe_drain(struct px_pipe *pp, int fd);
 /* Write what the socket takes. 0 ok (maybe partial), -1 error (errno set). */
 int  px_conn_write(struct px_conn *c);
 /* Arm or disarm the read event; `timeout_ms` 0 = none. Cheap when unchanged
- * and `rearm` is false. Arming the write event of a connection queued in a
- * px_flushq waits for the flush: most writes then need no event at all. */
+ * and `rearm` is false. */
 void px_conn_want_read(struct px_conn *c, bool on, uint32_t timeout_ms, bool rearm);
+/* The same for the write event. Arming it for a connection queued in a
+ * px_flushq waits for the flush: most writes then need no event at all. */
 void px_conn_want_write(struct px_conn *c, bool on, uint32_t timeout_ms);
 /* Set up the events of a connection whose fd is set: `on_readable` and
  * `on_writable` are called with `arg`. */

@@ -1981,7 +1981,7 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
         client_timeout(c);
         return;
     }
-    /* An idle client's buffers were given back (px_client_release_idle_buffers). */
+    /* An idle client gave its buffers back (release_buffers). */
     if (!c->conn.in && client_buffers(c) < 0) {
         client_abort(c, "out of memory");
         return;
