@@ -464,7 +464,8 @@ class Bench:
         sb_cpu = measured["sb-backend"]["backend_cpu_us_per_req"]
         ng_cpu = measured["nginx"]["backend_cpu_us_per_req"]
         costs = "; CPU %.2f vs %.2f us/req" % (sb_cpu or 0, ng_cpu or 0)
-        if sb >= ng:
+        forced = self.args.backend != "auto"
+        if forced and self.args.backend == "sb-backend" or not forced and sb >= ng:
             chosen = "sb-backend"
             reason = ("sb-backend %.0f req/s >= nginx %.0f req/s for the small response "
                       "over keep-alive (50 connections, %ds%s)" % (sb, ng, d, costs))
@@ -477,6 +478,9 @@ class Bench:
                       "over keep-alive (50 connections, %ds%s); nginx serves / and "
                       "/bytes (a 1 MiB file), sb-backend still serves /ws" % (ng, sb, d, costs))
             self.main_backend = self.nginx_backend
+        if forced:
+            reason = "--backend %s (sb-backend %.0f req/s, nginx %.0f req/s%s)" % (
+                chosen, sb, ng, costs)
         self.ws_backend = self.sb_backend
         self.backend_choice = {"chosen": chosen, "reason": reason,
                                "sb_backend_rps": sb, "nginx_rps": ng,
@@ -1143,6 +1147,9 @@ def parse_args(argv):
                     help="scenario 5 WebSocket connections (default 50)")
     ap.add_argument("--build", default=os.environ.get("SB_BUILD", "build/release"),
                     help="build dir with switchboard and sb-backend (default build/release)")
+    ap.add_argument("--backend", choices=("auto", "sb-backend", "nginx"), default="auto",
+                    help="the backend behind every target; auto (default) takes the one "
+                    "with more small responses per second over keep-alive")
     ap.add_argument("--json", default=DEFAULT_JSON, help="where the JSON goes "
                     "(default tests/out/bench.json)")
     ap.add_argument("--scenarios", default=",".join(s for s, _ in SCENARIOS),
