@@ -1610,11 +1610,20 @@ static int location_parse(struct loader *L, const struct conf_key *k,
     return 0;
 }
 
+static const char *const tm_priority_names[] = {
+    [CONF_TM_PRIORITY_IDLE]   = "idle",
+    [CONF_TM_PRIORITY_LOW]    = "low",
+    [CONF_TM_PRIORITY_NORMAL] = "normal",
+    NULL,
+};
+
 static const struct conf_key telemetry_keys[] = {
     { .name = "enabled", .type = KT_BOOL, .def = "true",
       .off = offsetof(struct conf_telemetry, enabled) },
     { .name = "ring_size", .type = KT_UINT, .def = "16384", .min = 64,
       .max = 1048576, .off = offsetof(struct conf_telemetry, ring_size) },
+    { .name = "priority", .type = KT_ENUM, .def = "idle", .names = tm_priority_names,
+      .off = offsetof(struct conf_telemetry, priority) },
     { .name = "geoip", .type = KT_SECTION_LIST, .min = 0, .sub = &string_section,
       .noun = "database path", .off = offsetof(struct conf_telemetry, geoip),
       .count_off = offsetof(struct conf_telemetry, n_geoip) },

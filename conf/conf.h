@@ -161,9 +161,17 @@ struct conf_string {
     int line, column;
 };
 
+/* How the telemetry aggregator thread competes with the workers for CPU. */
+enum conf_tm_priority {
+    CONF_TM_PRIORITY_IDLE,      /* SCHED_IDLE: the time the workers leave */
+    CONF_TM_PRIORITY_LOW,       /* nice 19 */
+    CONF_TM_PRIORITY_NORMAL,    /* as the workers */
+};
+
 struct conf_telemetry {
     bool enabled;               /* default true */
     uint32_t ring_size;         /* records per worker ring; default 16384 */
+    int priority;               /* enum conf_tm_priority; default idle */
     struct conf_string *geoip;  /* .mmdb files (1, or a v4/v6 pair); none = off */
     size_t n_geoip;
     bool has_location;          /* `location` given */

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -851,6 +852,14 @@ uint64_t tm_aggregator_seq(struct tm_aggregator *agg)
 static void *agg_thread(void *arg)
 {
     struct tm_aggregator *a = arg;
+    /* Linux schedules threads one by one. Lowering one's own priority is
+     * always allowed, so there is no failure to report. */
+    if (a->cfg.priority == TM_PRIORITY_LOW) {
+        (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
+    } else if (a->cfg.priority == TM_PRIORITY_IDLE) {
+        struct sched_param none = { .sched_priority = 0 };
+        (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
+    }
     for (;;) {
         bool changed, more;
         drain(a, &changed, &more);

@@ -237,6 +237,13 @@ struct tm_server_info {
     uint32_t inflight;
 };
 
+/* The aggregator thread's scheduling. */
+enum tm_priority {
+    TM_PRIORITY_NORMAL,         /* inherited from the thread that starts it */
+    TM_PRIORITY_LOW,            /* nice 19 */
+    TM_PRIORITY_IDLE,           /* SCHED_IDLE: runs when a CPU has nothing else */
+};
+
 struct tm_aggregator_config {
     struct tm_source *source;           /* borrowed; polled by the aggregator only */
     const struct geo_db *geo;           /* borrowed; NULL: no geolocation */
@@ -251,6 +258,7 @@ struct tm_aggregator_config {
     unsigned top_slots;                 /* heavy-hitter slots; default 32 * top_n */
     unsigned recent_max;                /* recent requests kept; default 200 */
     unsigned tick_ms;                   /* drain period; default 50 */
+    enum tm_priority priority;          /* default TM_PRIORITY_NORMAL */
     /* Called from the aggregator thread, no lock held, after a drain that
      * changed the model (e.g. to lws_cancel_service()). May be NULL. */
     void (*on_update)(void *ctx);

@@ -9,6 +9,8 @@ count what they sent.
   percentiles  1,000 requests to a backend delaying each by a known amount
                (5 to 200 ms): the reported p50 and p99 are within 5% of the
                ones the client measured.
+  priority     telemetry.priority sets the aggregator thread's policy and
+               nice value, and requests are counted at each.
   overload     the aggregator slowed down (test hook
                SWITCHBOARD_TELEMETRY_DELAY_US) behind small rings: the proxy
                keeps serving at full speed, every answer a 200, while
@@ -178,6 +180,56 @@ def test_exact_counts_per_country_and_status():
                      text, re.M)
     print("reported: by country %s, by code %s, per server %s"
           % (sorted(got_country.items()), sorted(s["status"]["codes"].items()), per_server))
+
+# ---------------------------------------------------------------- priority
+
+SCHED_OTHER, SCHED_IDLE = 0, 5
+
+
+def thread_sched(pid, name):
+    """(scheduling policy, nice) of the thread of `pid` called `name`, or
+    None while there is none."""
+    for tid in os.listdir("/proc/%d/task" % pid):
+        base = "/proc/%d/task/%s/" % (pid, tid)
+        try:
+            with open(base + "comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(base + "stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        # rest[0] is field 3 of proc(5): nice is field 19, policy field 41.
+        return int(rest[41 - 3]), int(rest[19 - 3])
+    return None
+
+
+def test_aggregator_thread_priority_follows_config():
+    b = Backend("b1")
+    n = 200
+    for setting, want in ((None, (SCHED_IDLE, 0)), ("low", (SCHED_OTHER, 19)),
+                          ("normal", (SCHED_OTHER, 0))):
+        pp, dp = free_port(), free_port()
+        telemetry = "  priority: %s\n" % setting if setting else ""
+        sb = Switchboard(config(pp, dp, [b], telemetry=telemetry), wait_ports=[pp, dp])
+        try:
+            # The thread sets its own priority as it starts: up to 10 s.
+            for _ in range(200):
+                got = thread_sched(sb.proc.pid, "sb-telemetry")
+                if got == want:
+                    break
+                time.sleep(0.05)
+            assert got == want, ("priority %s: sb-telemetry (policy, nice) is %s, not %s"
+                                 % (setting, got, want))
+            # At any priority, what was served is counted.
+            run_clients(pp, n, 4, lambda i: ("/", [("X-Forwarded-For", "8.8.8.8")], 200))
+            s = wait_for(lambda: (lambda d: d if d["totals"]["requests"] >= n else None)(
+                stats(dp)), timeout=30, message="priority %s: totals below %d" % (setting, n))
+            assert s["totals"]["requests"] == n and s["totals"]["telemetry_dropped"] == 0
+            print("priority %s: sb-telemetry (policy, nice) = %s, %d requests counted"
+                  % (setting or "default", got, n))
+        finally:
+            sb.stop()
 
 # ---------------------------------------------------------------- percentiles
 

@@ -891,12 +891,14 @@ static void conf_telemetry_keys(void)
     struct conf *c = load(BASE_LISTEN BASE_POOL);
     CHECK(c && c->telemetry.enabled && c->telemetry.ring_size == 16384);
     CHECK(c && c->telemetry.n_geoip == 0 && !c->telemetry.has_location);
+    CHECK(c && c->telemetry.priority == CONF_TM_PRIORITY_IDLE);
     conf_free(c);
 
     c = load(BASE_LISTEN BASE_POOL
              "telemetry:\n"
              "  enabled: false\n"
              "  ring_size: 1024\n"
+             "  priority: low\n"
              "  geoip: [a.mmdb, b.mmdb]\n"
              "  location: {latitude: -33.87, longitude: 151.21}\n");
     CHECKF(c != NULL, "%.200s", err);
@@ -905,7 +907,8 @@ static void conf_telemetry_keys(void)
         CHECK(c->telemetry.n_geoip == 2);
         CHECK(c->telemetry.n_geoip == 2 &&
               strcmp(c->telemetry.geoip[1].value, "b.mmdb") == 0 &&
-              c->telemetry.geoip[1].line == 10);
+              c->telemetry.geoip[1].line == 11);
+        CHECK(c->telemetry.priority == CONF_TM_PRIORITY_LOW);
         CHECK(c->telemetry.has_location && c->telemetry.latitude < -33.8 &&
               c->telemetry.longitude > 151.2);
     }
@@ -919,6 +922,9 @@ static void conf_telemetry_keys(void)
     EXPECT_ERROR(BASE_LISTEN BASE_POOL "telemetry:\n  ring_size: 1\n",
                  "t.yaml:8:14: telemetry.ring_size: expected an integer from 64 "
                  "to 1048576, got \"1\"");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL "telemetry:\n  priority: high\n",
+                 "t.yaml:8:13: telemetry.priority: expected one of idle, low or normal, "
+                 "got \"high\"");
 }
 
 /* chat: off by default with the classic rooms; modes, default and rooms
