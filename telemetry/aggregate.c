@@ -230,6 +230,11 @@ struct tm_aggregator {
     pthread_mutex_t stop_lock;
     pthread_cond_t stop_cond;               /* CLOCK_MONOTONIC */
     bool stopping, running;
+    /* TM_PRIORITY_IDLE with a source that reports its backlog: the thread
+     * that moves the aggregator in and out of SCHED_IDLE. */
+    pthread_t watch_thread;
+    bool watching;
+    _Atomic pid_t agg_tid;                  /* once at SCHED_IDLE; 0 before */
     pthread_t thread;
     unsigned delay_us;                      /* test hook, see tm_aggregator_new */
 };
@@ -849,17 +854,79 @@ uint64_t tm_aggregator_seq(struct tm_aggregator *agg)
 
 /* ---- thread -------------------------------------------------------------- */
 
+static uint64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int set_policy(pid_t tid, int policy)
+{
+    struct sched_param none = { .sched_priority = 0 };
+    return sched_setscheduler(tid, policy, &none);
+}
+
+/*
+ * TM_PRIORITY_IDLE: a SCHED_IDLE thread queued behind busy workers may not
+ * run for as long as they keep its CPU busy, and then cannot notice that it
+ * fell behind. This thread, at the workers' priority, looks at the rings
+ * every PRIORITY_WATCH_MS: a quarter of a ring waiting, or new drops, puts
+ * the aggregator at SCHED_OTHER until a second passes without either.
+ */
+#define PRIORITY_WATCH_MS   20
+#define PRIORITY_HOLD_MS    1000
+
+static void *priority_watch_thread(void *arg)
+{
+    struct tm_aggregator *a = arg;
+    struct tm_source *src = a->cfg.source;
+    bool idle = true, stuck = false;
+    uint64_t until_ms = 0, dropped_seen = src->dropped ? src->dropped(src) : 0;
+    pthread_mutex_lock(&a->stop_lock);
+    while (!a->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += PRIORITY_WATCH_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&a->stop_cond, &a->stop_lock, &ts);
+        pid_t tid = atomic_load_explicit(&a->agg_tid, memory_order_acquire);
+        if (a->stopping || stuck || tid == 0)
+            continue;
+        pthread_mutex_unlock(&a->stop_lock);
+        uint64_t dropped = src->dropped ? src->dropped(src) : 0;
+        size_t waiting = src->backlog(src);
+        bool behind = dropped > dropped_seen || waiting >= src->capacity / 4;
+        dropped_seen = dropped;
+        uint64_t now = monotonic_ms();
+        if (behind) {
+            /* Leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE 20. */
+            if (idle && set_policy(tid, SCHED_OTHER) == 0)
+                idle = false;
+            else if (idle)
+                stuck = true;
+            until_ms = now + PRIORITY_HOLD_MS;
+        } else if (!idle && now >= until_ms && set_policy(tid, SCHED_IDLE) == 0) {
+            idle = true;
+        }
+        pthread_mutex_lock(&a->stop_lock);
+    }
+    pthread_mutex_unlock(&a->stop_lock);
+    return NULL;
+}
+
 static void *agg_thread(void *arg)
 {
     struct tm_aggregator *a = arg;
     /* Linux schedules threads one by one. Lowering one's own priority is
      * always allowed, so there is no failure to report. */
-    if (a->cfg.priority == TM_PRIORITY_LOW) {
+    if (a->cfg.priority == TM_PRIORITY_LOW)
         (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
-    } else if (a->cfg.priority == TM_PRIORITY_IDLE) {
-        struct sched_param none = { .sched_priority = 0 };
-        (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
-    }
+    else if (a->cfg.priority == TM_PRIORITY_IDLE && set_policy(0, SCHED_IDLE) == 0)
+        atomic_store_explicit(&a->agg_tid, gettid(), memory_order_release);
     for (;;) {
         bool changed, more;
         drain(a, &changed, &more);
@@ -898,11 +965,18 @@ int tm_aggregator_start(struct tm_aggregator *agg)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = pthread_create(&agg->thread, NULL, agg_thread, agg);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc == 0) {
         agg->running = true;
         pthread_setname_np(agg->thread, "sb-telemetry");
+        struct tm_source *src = agg->cfg.source;
+        /* Without it the aggregator stays at SCHED_IDLE: no failure. */
+        agg->watching = agg->cfg.priority == TM_PRIORITY_IDLE && src->backlog &&
+            src->capacity >= 4 &&
+            pthread_create(&agg->watch_thread, NULL, priority_watch_thread, agg) == 0;
+        if (agg->watching)
+            pthread_setname_np(agg->watch_thread, "sb-tm-priority");
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_mutex_unlock(&agg->stop_lock);
     if (rc != 0) {
         errno = rc;
@@ -919,9 +993,13 @@ void tm_aggregator_stop(struct tm_aggregator *agg)
         return;
     }
     agg->stopping = true;
-    pthread_cond_signal(&agg->stop_cond);
+    pthread_cond_broadcast(&agg->stop_cond);
     pthread_mutex_unlock(&agg->stop_lock);
+    if (agg->watching)
+        pthread_join(agg->watch_thread, NULL);
+    agg->watching = false;
     pthread_join(agg->thread, NULL);
+    atomic_store_explicit(&agg->agg_tid, 0, memory_order_relaxed);
     pthread_mutex_lock(&agg->stop_lock);
     agg->running = false;
     pthread_mutex_unlock(&agg->stop_lock);

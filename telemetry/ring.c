@@ -5,9 +5,9 @@
  *
  * Threads: exactly one producer thread (the worker that owns the ring) calls
  * tm_ring_push(); exactly one consumer at a time (the aggregator; its drains
- * are serialised by its own mutex) calls tm_ring_pop(). tm_ring_dropped() may
- * be read from any thread. tm_ring_new()/tm_ring_free() happen while neither
- * side runs.
+ * are serialised by its own mutex) calls tm_ring_pop(). tm_ring_dropped() and
+ * tm_ring_pending() may be read from any thread. tm_ring_new()/tm_ring_free()
+ * happen while neither side runs.
  *
  * Ownership: the ring owns its slot array. `head` is written only by the
  * producer and `tail` only by the consumer; each sits on its own cache line
@@ -102,6 +102,14 @@ bool tm_ring_push(struct tm_ring *ring, const struct tm_record *rec)
     return true;
 }
 
+size_t tm_ring_pending(const struct tm_ring *ring)
+{
+    /* tail first: head can only have moved further since. */
+    size_t tail = atomic_load_explicit(&ring->tail, memory_order_acquire);
+    size_t head = atomic_load_explicit(&ring->head, memory_order_acquire);
+    return head - tail;
+}
+
 size_t tm_ring_pop(struct tm_ring *ring, struct tm_record *out, size_t max)
 {
     size_t tail = atomic_load_explicit(&ring->tail, memory_order_relaxed);
@@ -162,6 +170,18 @@ static uint64_t ring_source_dropped(struct tm_source *src)
     return sum;
 }
 
+static size_t ring_source_backlog(struct tm_source *src)
+{
+    struct ring_source *rs = (struct ring_source *)src;
+    size_t most = 0;
+    for (size_t i = 0; i < rs->n; i++) {
+        size_t n = tm_ring_pending(rs->rings[i]);
+        if (n > most)
+            most = n;
+    }
+    return most;
+}
+
 static void ring_source_destroy(struct tm_source *src)
 {
     struct ring_source *rs = (struct ring_source *)src;
@@ -182,8 +202,14 @@ struct tm_source *tm_source_rings(struct tm_ring **rings, size_t n)
     if (n)
         memcpy(rs->rings, rings, n * sizeof *rings);
     rs->n = n;
+    for (size_t i = 0; i < n; i++) {
+        size_t cap = rings[i]->mask + 1;
+        if (i == 0 || cap < rs->base.capacity)
+            rs->base.capacity = cap;
+    }
     rs->base.poll = ring_source_poll;
     rs->base.dropped = ring_source_dropped;
+    rs->base.backlog = ring_source_backlog;
     rs->base.destroy = ring_source_destroy;
     return &rs->base;
 fail:

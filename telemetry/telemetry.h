@@ -77,6 +77,8 @@ bool tm_ring_push(struct tm_ring *ring, const struct tm_record *rec);
 /* Consumer side: copy up to `max` records out; returns how many. */
 size_t tm_ring_pop(struct tm_ring *ring, struct tm_record *out, size_t max);
 uint64_t tm_ring_dropped(const struct tm_ring *ring);
+/* Records pushed and not yet popped; any thread, a moment's view. */
+size_t tm_ring_pending(const struct tm_ring *ring);
 
 /* ---- the aggregator's input --------------------------------------------- */
 
@@ -87,6 +89,11 @@ struct tm_source {
     /* Records lost before they reached the aggregator. */
     uint64_t (*dropped)(struct tm_source *src);
     void (*destroy)(struct tm_source *src);
+    /* Records waiting in the fullest input. Any thread may call it; NULL
+     * when the source cannot tell. */
+    size_t (*backlog)(struct tm_source *src);
+    /* Records the smallest input holds before it drops; 0 = unknown. */
+    size_t capacity;
 };
 
 /* The in-process source over `n` rings (borrowed; they must outlive it). */
@@ -241,7 +248,11 @@ struct tm_server_info {
 enum tm_priority {
     TM_PRIORITY_NORMAL,         /* inherited from the thread that starts it */
     TM_PRIORITY_LOW,            /* nice 19 */
-    TM_PRIORITY_IDLE,           /* SCHED_IDLE: runs when a CPU has nothing else */
+    /* SCHED_IDLE: runs when a CPU has nothing else. While a quarter of the
+     * source's capacity waits, or records drop, a watching thread puts it at
+     * SCHED_OTHER, until a second passes without either (where
+     * CAP_SYS_NICE or RLIMIT_NICE allows). */
+    TM_PRIORITY_IDLE,
 };
 
 struct tm_aggregator_config {

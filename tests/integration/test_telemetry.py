@@ -10,7 +10,9 @@ count what they sent.
                (5 to 200 ms): the reported p50 and p99 are within 5% of the
                ones the client measured.
   priority     telemetry.priority sets the aggregator thread's policy and
-               nice value, and requests are counted at each.
+               nice value, and requests are counted at each; with busy loops
+               on every CPU, the SCHED_IDLE aggregator competes (SCHED_OTHER)
+               while its rings back up, then goes back to SCHED_IDLE.
   overload     the aggregator slowed down (test hook
                SWITCHBOARD_TELEMETRY_DELAY_US) behind small rings: the proxy
                keeps serving at full speed, every answer a 200, while
@@ -230,6 +232,58 @@ def test_aggregator_thread_priority_follows_config():
                   % (setting or "default", got, n))
         finally:
             sb.stop()
+
+def test_idle_aggregator_competes_while_the_host_is_busy():
+    """Busy loops on every CPU starve a SCHED_IDLE aggregator: its small
+    rings fill, and the thread watching them puts it at SCHED_OTHER until a
+    second passes without a backlog; every request is counted or dropped."""
+    b = Backend("b1", threads=2)
+    pp, dp = free_port(), free_port()
+    sb = Switchboard(config(pp, dp, [b], telemetry="  ring_size: 256\n"),
+                     wait_ports=[pp, dp])
+    hogs = []
+    try:
+        pid = sb.proc.pid
+        assert thread_sched(pid, "sb-telemetry") == (SCHED_IDLE, 0)
+        hog = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: pass\n"
+        hogs = [subprocess.Popen(["python3", "-c", hog]) for _ in range(os.cpu_count() or 2)]
+        n = 6000
+        policies = set()
+        done = threading.Event()
+
+        def watch():
+            while not done.is_set():
+                got = thread_sched(pid, "sb-telemetry")
+                if got:
+                    policies.add(got[0])
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            run_clients(pp, n, 4, lambda i: ("/", [("X-Forwarded-For", "8.8.8.8")], 200))
+            # The busy loops go on: a boosted aggregator catches up under them.
+            totals = wait_for(lambda: (lambda t: t if t["requests"] + t["telemetry_dropped"] >= n
+                                       else None)(stats(dp)["totals"]),
+                              timeout=30, message="counted + dropped < sent under load")
+        finally:
+            done.set()
+            watcher.join(timeout=5)
+        assert SCHED_OTHER in policies, "never left SCHED_IDLE: %s" % policies
+        assert totals["requests"] + totals["telemetry_dropped"] == n, totals
+        print("busy host: %d requests, %d counted, %d dropped; policies seen %s"
+              % (n, totals["requests"], totals["telemetry_dropped"], sorted(policies)))
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    try:
+        # Quiet again: back to SCHED_IDLE after a second without a backlog.
+        back = wait_for(lambda: thread_sched(sb.proc.pid, "sb-telemetry") == (SCHED_IDLE, 0),
+                        timeout=10, message="not back at SCHED_IDLE")
+        assert back
+    finally:
+        sb.stop()
 
 # ---------------------------------------------------------------- percentiles
 

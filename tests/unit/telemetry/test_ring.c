@@ -78,9 +78,12 @@ static void test_ring_capacity_and_full(void)
     CHECK(!tm_ring_push(ring, &r));
     CHECK(!tm_ring_push(ring, &r));
     CHECK(tm_ring_dropped(ring) == 2);
+    CHECK(tm_ring_pending(ring) == 8);
+    CHECK(tm_ring_pop(ring, out, 3) == 3 && tm_ring_pending(ring) == 5);
 
-    size_t n = tm_ring_pop(ring, out, 16);
+    size_t n = 3 + tm_ring_pop(ring, out + 3, 13);
     CHECK(n == 8);
+    CHECK(tm_ring_pending(ring) == 0);
     for (size_t i = 0; i < n; i++)
         CHECK(out[i].time_us == (int64_t)i && record_ok(&out[i]));
     CHECK(tm_ring_pop(ring, out, 16) == 0);
@@ -157,6 +160,8 @@ static void test_source_rings(void)
             tm_ring_push(rings[i], &r);
         }
     CHECK(src->dropped(src) == 3);
+    /* Rings of 4: each is full, and that is the most any holds. */
+    CHECK(src->capacity == 4 && src->backlog(src) == 4);
 
     /* A small max takes from the first ring it starts at; the next poll
      * starts one ring further, so no ring waits behind a busy one. */
@@ -184,6 +189,7 @@ static void test_source_rings(void)
     CHECK(src != NULL);
     if (src) {
         CHECK(src->poll(src, out, 32) == 0 && src->dropped(src) == 0);
+        CHECK(src->backlog(src) == 0 && src->capacity == 0);
         src->destroy(src);
     }
     for (int i = 0; i < 3; i++)
