@@ -998,6 +998,10 @@ void tm_aggregator_stop(struct tm_aggregator *agg)
     if (agg->watching)
         pthread_join(agg->watch_thread, NULL);
     agg->watching = false;
+    /* The last drain must not wait for an idle CPU. */
+    pid_t tid = atomic_load_explicit(&agg->agg_tid, memory_order_acquire);
+    if (tid)
+        (void)set_policy(tid, SCHED_OTHER);
     pthread_join(agg->thread, NULL);
     atomic_store_explicit(&agg->agg_tid, 0, memory_order_relaxed);
     pthread_mutex_lock(&agg->stop_lock);
