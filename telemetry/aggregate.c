@@ -871,11 +871,11 @@ static int set_policy(pid_t tid, int policy)
  * TM_PRIORITY_IDLE: a SCHED_IDLE thread queued behind busy workers may not
  * run for as long as they keep its CPU busy, and then cannot notice that it
  * fell behind. This thread, at the workers' priority, looks at the rings
- * every PRIORITY_WATCH_MS: a quarter of a ring waiting, or new drops, puts
- * the aggregator at SCHED_OTHER until a second passes without either.
+ * every PRIORITY_WATCH_MS: half a ring waiting, or new drops, puts
+ * the aggregator at SCHED_OTHER until PRIORITY_HOLD_MS pass without either.
  */
 #define PRIORITY_WATCH_MS   20
-#define PRIORITY_HOLD_MS    1000
+#define PRIORITY_HOLD_MS    250
 
 static void *priority_watch_thread(void *arg)
 {
@@ -899,7 +899,7 @@ static void *priority_watch_thread(void *arg)
         pthread_mutex_unlock(&a->stop_lock);
         uint64_t dropped = src->dropped ? src->dropped(src) : 0;
         size_t waiting = src->backlog(src);
-        bool behind = dropped > dropped_seen || waiting >= src->capacity / 4;
+        bool behind = dropped > dropped_seen || waiting >= src->capacity / 2;
         dropped_seen = dropped;
         uint64_t now = monotonic_ms();
         if (behind) {

@@ -248,9 +248,9 @@ struct tm_server_info {
 enum tm_priority {
     TM_PRIORITY_NORMAL,         /* inherited from the thread that starts it */
     TM_PRIORITY_LOW,            /* nice 19 */
-    /* SCHED_IDLE: runs when a CPU has nothing else. While a quarter of the
+    /* SCHED_IDLE: runs when a CPU has nothing else. While half the
      * source's capacity waits, or records drop, a watching thread puts it at
-     * SCHED_OTHER, until a second passes without either (where
+     * SCHED_OTHER, until 250 ms pass without either (where
      * CAP_SYS_NICE or RLIMIT_NICE allows). */
     TM_PRIORITY_IDLE,
 };

@@ -235,8 +235,8 @@ def test_aggregator_thread_priority_follows_config():
 
 def test_idle_aggregator_competes_while_the_host_is_busy():
     """Busy loops on every CPU starve a SCHED_IDLE aggregator: its small
-    rings fill, and the thread watching them puts it at SCHED_OTHER until a
-    second passes without a backlog; every request is counted or dropped."""
+    rings fill, and the thread watching them puts it at SCHED_OTHER until
+    250 ms pass without a backlog; every request is counted or dropped."""
     b = Backend("b1", threads=2)
     pp, dp = free_port(), free_port()
     sb = Switchboard(config(pp, dp, [b], telemetry="  ring_size: 256\n"),
@@ -278,7 +278,7 @@ def test_idle_aggregator_competes_while_the_host_is_busy():
             h.kill()
             h.wait()
     try:
-        # Quiet again: back to SCHED_IDLE after a second without a backlog.
+        # Quiet again: back to SCHED_IDLE once 250 ms pass without a backlog.
         back = wait_for(lambda: thread_sched(sb.proc.pid, "sb-telemetry") == (SCHED_IDLE, 0),
                         timeout=10, message="not back at SCHED_IDLE")
         assert back
