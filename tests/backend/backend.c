@@ -46,8 +46,13 @@
  *                               first offered subprotocol is accepted
  *
  * Byte pattern (for /bytes, /close-mid, and the tests' uploads): byte i of a
- * body is (i * 31 + 7) & 0xff. It has period 256, so it is served by
- * reference from one static table with no copying.
+ * body is (i * 31 + 7) & 0xff. It has period 256, so one table of 64 KiB +
+ * 256 bytes holds every slice. The pattern also fills a 1 MiB memory file,
+ * and generated bodies are sent from it with sendfile(2), as nginx sends a
+ * static file: a 1 MiB answer then costs the backend no copy and is made of
+ * distinct pages, as a file's would be, whichever of the two the benchmarks
+ * choose as backend. Without memfd_create the table is sent by reference
+ * through writev.
  *
  * HTTP: keep-alive by default for 1.1, for 1.0 only with Connection:
  * keep-alive; pipelined requests are answered in order (the parser pauses at
@@ -98,6 +103,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -110,6 +116,7 @@
 #define OUT_HIGH_WATER    (1024 * 1024)   /* stop parsing above this */
 #define STREAM_LOW_WATER  (256 * 1024)    /* refill generated bodies below */
 #define PATTERN_SPAN      65536           /* largest slice served at once */
+#define PATTERN_FILE_SIZE (1024 * 1024)   /* a multiple of PATTERN_SPAN */
 #define HEAD_MAX          (64 * 1024)     /* target + header names/values */
 #define URL_MAX           (16 * 1024)
 #define HEADERS_MAX       128
@@ -229,6 +236,9 @@ struct worker {
     int wake_fds[2];        /* the main thread writes here to stop us */
     struct event ev_wake;
     struct conn *conns;
+    /* This worker's handle on pattern_fd: libevent counts a segment's
+     * references without a lock here, so every worker has its own. */
+    struct evbuffer_file_segment *pattern_segment;
 };
 
 static const char *backend_id = "backend";
@@ -237,6 +247,7 @@ static atomic_ullong stat_connections;
 static atomic_ullong stat_requests;
 
 static uint8_t pattern[PATTERN_SPAN + 256];
+static int pattern_fd = -1;     /* memory file: the pattern's first 1 MiB, or -1 */
 
 /* Precomputed answers to "/" — the benchmark path: [HEAD?][conn_kind]. */
 static struct { char *data; size_t len; } root_response[2][3];
@@ -763,9 +774,25 @@ static bool http_consume(struct conn *c)
 
 /* ---- generated bodies -------------------------------------------------- */
 
-static void add_pattern(struct evbuffer *out, uint64_t offset, size_t len)
+/* The most body bytes from `offset` on that add_pattern takes at once. One
+ * sendfile(2) per slice, and with TCP_NODELAY each slice's last partial
+ * segment leaves alone: so a file slice runs to the file's end, for one small
+ * segment per MiB rather than one per 64 KiB. */
+static size_t pattern_slice_max(const struct conn *c, uint64_t offset)
 {
-    evbuffer_add_reference(out, pattern + (offset & 255), len, NULL, NULL);
+    if (!c->w->pattern_segment)
+        return PATTERN_SPAN;
+    return PATTERN_FILE_SIZE - (size_t)(offset % PATTERN_FILE_SIZE);
+}
+
+/* Queues body bytes [offset, offset + len), len <= pattern_slice_max(). */
+static void add_pattern(struct conn *c, uint64_t offset, size_t len)
+{
+    if (c->w->pattern_segment)
+        evbuffer_add_file_segment(c->out, c->w->pattern_segment,
+                                  (ev_off_t)(offset % PATTERN_FILE_SIZE), (ev_off_t)len);
+    else
+        evbuffer_add_reference(c->out, pattern + (offset & 255), len, NULL, NULL);
 }
 
 static void stream_refill(struct conn *c)
@@ -786,10 +813,12 @@ static void stream_refill(struct conn *c)
             s->chunk_left = s->chunk_size < s->left ? s->chunk_size : s->left;
             evbuffer_add_printf(c->out, "%" PRIx64 "\r\n", s->chunk_left);
         }
-        uint64_t piece = s->left < PATTERN_SPAN ? s->left : PATTERN_SPAN;
+        uint64_t piece = pattern_slice_max(c, s->offset);
+        if (piece > s->left)
+            piece = s->left;
         if (s->chunk_size && piece > s->chunk_left)
             piece = s->chunk_left;
-        add_pattern(c->out, s->offset, (size_t)piece);
+        add_pattern(c, s->offset, (size_t)piece);
         s->offset += piece;
         s->left -= piece;
         if (s->chunk_size) {
@@ -1365,6 +1394,8 @@ static void conn_new(struct worker *w, int fd)
         close(fd);
         return;
     }
+    /* Nothing reads c->out but the socket writes: lets file segments use sendfile. */
+    evbuffer_set_flags(c->out, EVBUFFER_FLAG_DRAINS_TO_FD);
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     event_assign(&c->ev_read, w->base, fd, EV_READ | EV_PERSIST, on_readable, c);
@@ -1428,6 +1459,8 @@ static void worker_destroy(struct worker *w)
     event_del(&w->ev_wake);
     close(w->wake_fds[0]);
     close(w->wake_fds[1]);
+    if (w->pattern_segment)
+        evbuffer_file_segment_free(w->pattern_segment);
     event_base_free(w->base);
 }
 
@@ -1515,6 +1548,26 @@ static const char *option_value(int argc, char **argv, int *i, const char *name)
     return NULL;
 }
 
+/* The pattern's first PATTERN_FILE_SIZE bytes as a memory file, for
+ * sendfile; -1 where that fails. PATTERN_SPAN is a multiple of the period,
+ * so copies of the table's first PATTERN_SPAN bytes continue each other. */
+static int pattern_file_open(void)
+{
+    int fd = memfd_create("sb-backend-pattern", MFD_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    for (size_t done = 0; done < PATTERN_FILE_SIZE;) {
+        size_t at = done % PATTERN_SPAN;
+        ssize_t n = write(fd, pattern + at, PATTERN_SPAN - at);
+        if (n <= 0) {
+            close(fd);
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    return fd;
+}
+
 int main(int argc, char **argv)
 {
     struct listen_addr addrs[MAX_LISTEN];
@@ -1559,6 +1612,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     for (size_t i = 0; i < sizeof pattern; i++)
         pattern[i] = (uint8_t)(i * 31 + 7);
+    pattern_fd = pattern_file_open();
     build_root_responses();
     parser_settings.on_message_begin = on_message_begin;
     parser_settings.on_url = on_url;
@@ -1603,6 +1657,8 @@ int main(int argc, char **argv)
         }
         event_assign(&w->ev_wake, w->base, w->wake_fds[0], EV_READ | EV_PERSIST, on_wake, w);
         event_add(&w->ev_wake, NULL);
+        if (pattern_fd >= 0)
+            w->pattern_segment = evbuffer_file_segment_new(pattern_fd, 0, PATTERN_FILE_SIZE, 0);
         for (int a = 0; a < naddrs; a++) {
             struct listener *l = &w->listeners[w->nlisteners];
             l->w = w;
@@ -1653,6 +1709,8 @@ int main(int argc, char **argv)
         if (workers[t].base)
             worker_destroy(&workers[t]);
     free(workers);
+    if (pattern_fd >= 0)
+        close(pattern_fd);
     free_root_responses();
     libevent_global_shutdown();
     return exit_code;
