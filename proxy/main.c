@@ -87,7 +87,9 @@ static void on_telemetry_update(void *arg)
 /* By default the workers come first: at nice 0, waking every tick, the
  * aggregator preempted the worker and left the other core waiting on it
  * (make bench, keep-alive: 5-7% fewer requests a second with telemetry on;
- * 1-2% at SCHED_IDLE, where it takes the time the workers leave). */
+ * 1-2% at SCHED_IDLE, where it takes the time the workers leave). At idle,
+ * the aggregator's own watch thread lifts it to SCHED_OTHER while its rings
+ * fill up (telemetry.h, TM_PRIORITY_IDLE). */
 static const enum tm_priority tm_priority_of[] = {
     [CONF_TM_PRIORITY_IDLE]   = TM_PRIORITY_IDLE,
     [CONF_TM_PRIORITY_LOW]    = TM_PRIORITY_LOW,

@@ -861,6 +861,20 @@ static uint64_t monotonic_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* The CLOCK_MONOTONIC time ms from now, for stop_cond's timed waits. */
+static struct timespec monotonic_after(uint64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
 static int set_policy(pid_t tid, int policy)
 {
     struct sched_param none = { .sched_priority = 0 };
@@ -885,14 +899,8 @@ static void *priority_watch_thread(void *arg)
     uint64_t until_ms = 0, dropped_seen = src->dropped ? src->dropped(src) : 0;
     pthread_mutex_lock(&a->stop_lock);
     while (!a->stopping) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += PRIORITY_WATCH_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&a->stop_cond, &a->stop_lock, &ts);
+        struct timespec deadline = monotonic_after(PRIORITY_WATCH_MS);
+        pthread_cond_timedwait(&a->stop_cond, &a->stop_lock, &deadline);
         pid_t tid = atomic_load_explicit(&a->agg_tid, memory_order_acquire);
         if (a->stopping || stuck || tid == 0)
             continue;
@@ -932,15 +940,8 @@ static void *agg_thread(void *arg)
         drain(a, &changed, &more);
         pthread_mutex_lock(&a->stop_lock);
         if (!a->stopping && !more) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += a->cfg.tick_ms / 1000;
-            ts.tv_nsec += (long)(a->cfg.tick_ms % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&a->stop_cond, &a->stop_lock, &ts);
+            struct timespec deadline = monotonic_after(a->cfg.tick_ms);
+            pthread_cond_timedwait(&a->stop_cond, &a->stop_lock, &deadline);
         }
         bool stop = a->stopping;
         pthread_mutex_unlock(&a->stop_lock);
