@@ -5,6 +5,7 @@
         [--workers 1] [--idle-conns 10000] [--ws-conns 50] [--warmup 1]
         [--build build/release] [--json tests/out/bench.json]
         [--scenarios LIST] [--targets LIST] [--workdir DIR] [--keep]
+        [--backend auto|sb-backend|nginx] [--wrk-threads N]
 
 Python 3 standard library only; needs wrk, haproxy and nginx on PATH, the
 build's switchboard and sb-backend, and a C compiler for tests/bench/wsload.c
@@ -18,6 +19,9 @@ file, written to a temp dir):
   haproxy         HAProxy, http-reuse always
   nginx           nginx, upstream keepalive
   direct          the backend itself, no proxy: the ceiling (not in scenario 4)
+  haproxy_splice  HAProxy as above plus `option splice-response` (off by
+                  default in HAProxy; Switchboard splices bodies by default).
+                  Only when named in --targets.
 
 All proxies get the same worker count (--workers), keep-alive to the backend
 with reuse, no access log, and room for scenario 4's connections. Every wrk
@@ -29,7 +33,8 @@ header work.
 Scenarios:
 
   keepalive  small responses over keep-alive: wrk -t1 -c50 -dDs --latency
-  close      a new connection per request: the same with Connection: close
+  close      a new connection per request: the same with Connection: close,
+             but wrk -t2 (see WRK_THREADS)
   1mb        /bytes?n=1048576 over 10 connections: bytes/s, CPU per MiB
   idle       IDLE keep-alive client connections, each after one request and
              its answer; RSS (VmRSS, all the target's processes) before and
@@ -83,8 +88,10 @@ TARGETS = [
     ("haproxy", "HAProxy"),
     ("nginx", "nginx"),
     ("direct", "direct (no proxy)"),
+    ("haproxy_splice", "HAProxy+splice"),
 ]
-PROXIES = ["switchboard", "switchboard_tm", "haproxy", "nginx"]
+DEFAULT_TARGETS = ["switchboard", "switchboard_tm", "haproxy", "nginx", "direct"]
+PROXIES = ["switchboard", "switchboard_tm", "haproxy", "nginx", "haproxy_splice"]
 LABEL = dict(TARGETS)
 
 SCENARIOS = [
@@ -95,6 +102,16 @@ SCENARIOS = [
     ("websocket", "5. WebSocket echo"),
 ]
 TITLE = dict(SCENARIOS)
+
+# wrk threads per scenario. One, except where one wrk thread is what limits
+# the rate: opening and closing a connection per request costs wrk about
+# 21 us a request, and with one thread proxies spending 12.7 and 18.7 us a
+# request served the same rate, and the backend alone without a proxy served
+# less than either. With two threads, the rates follow the proxies' costs
+# again, as in the reference figures, where the proxies were the limit.
+# Keep-alive (the backend alone does twice a proxy's rate) and 1 MiB bodies
+# keep one thread: a second one only takes CPU from the proxy on two cores.
+WRK_THREADS = {"keepalive": 1, "close": 2, "1mb": 1}
 
 # The headline value of each scenario, and what must have a value for every
 # target (REQUIRED) and for every proxy (REQUIRED_PROXY) for a complete run.
@@ -464,23 +481,25 @@ class Bench:
         sb_cpu = measured["sb-backend"]["backend_cpu_us_per_req"]
         ng_cpu = measured["nginx"]["backend_cpu_us_per_req"]
         costs = "; CPU %.2f vs %.2f us/req" % (sb_cpu or 0, ng_cpu or 0)
-        forced = self.args.backend != "auto"
-        if forced and self.args.backend == "sb-backend" or not forced and sb >= ng:
+        if self.args.backend != "auto":
+            chosen = self.args.backend
+            reason = "--backend %s (sb-backend %.0f req/s, nginx %.0f req/s%s)" % (
+                chosen, sb, ng, costs)
+        elif sb >= ng:
             chosen = "sb-backend"
             reason = ("sb-backend %.0f req/s >= nginx %.0f req/s for the small response "
                       "over keep-alive (50 connections, %ds%s)" % (sb, ng, d, costs))
-            self.nginx_backend.stop()
-            self.nginx_backend = None
-            self.main_backend = self.sb_backend
         else:
             chosen = "nginx"
             reason = ("nginx %.0f req/s > sb-backend %.0f req/s for the small response "
                       "over keep-alive (50 connections, %ds%s); nginx serves / and "
                       "/bytes (a 1 MiB file), sb-backend still serves /ws" % (ng, sb, d, costs))
+        if chosen == "sb-backend":
+            self.nginx_backend.stop()
+            self.nginx_backend = None
+            self.main_backend = self.sb_backend
+        else:
             self.main_backend = self.nginx_backend
-        if forced:
-            reason = "--backend %s (sb-backend %.0f req/s, nginx %.0f req/s%s)" % (
-                chosen, sb, ng, costs)
         self.ws_backend = self.sb_backend
         self.backend_choice = {"chosen": chosen, "reason": reason,
                                "sb_backend_rps": sb, "nginx_rps": ng,
@@ -521,7 +540,9 @@ class Bench:
                                        + "".join("    - %s\n" % p for p in GEO_DBS)).rstrip("\n")
             conf = render("switchboard.yaml.in", os.path.join(self.workdir, tag + ".yaml"), values)
             proc = Proc(tag, [self.binary("switchboard"), "-c", conf], self.workdir, port=port)
-        elif target == "haproxy":
+        elif target in ("haproxy", "haproxy_splice"):
+            values["SPLICE"] = ("    option splice-response" if target == "haproxy_splice"
+                                else "    # HAProxy's default: no splicing")
             conf = render("haproxy.cfg.in", os.path.join(self.workdir, tag + ".cfg"), values)
             proc = Proc(tag, ["haproxy", "-db", "-f", conf], self.workdir, port=port)
         elif target == "nginx":
@@ -598,8 +619,8 @@ class Bench:
             "wall_s": time.monotonic() - start,
         }
 
-    def wrk_run(self, port, path, conns, duration, backend, close, measured=()):
-        argv = ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, "--latency",
+    def wrk_run(self, port, path, conns, duration, backend, close, measured=(), threads=1):
+        argv = ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency",
                 "-s", os.path.join(BENCH_DIR, "wrk.lua"), "http://127.0.0.1:%d/" % port,
                 "--", "path=" + path, "xff=%d" % XFF_ADDRESSES]
         if close:
@@ -753,9 +774,11 @@ class Bench:
                 path = "/bytes?n=%d" % MIB if scenario == "1mb" else "/"
                 conns = 10 if scenario == "1mb" else 50
                 close = scenario == "close"
+                threads = self.args.wrk_threads or WRK_THREADS[scenario]
                 if warm:
-                    self.wrk_run(dport, path, conns, warm, backend, close)
-                r = self.wrk_run(dport, path, conns, d, backend, close, measured)
+                    self.wrk_run(dport, path, conns, warm, backend, close, threads=threads)
+                r = self.wrk_run(dport, path, conns, d, backend, close, measured, threads)
+                r["wrk_threads"] = threads
             elif scenario == "websocket":
                 r = self.wsload_run(dport, self.args.ws_conns, d, max(0.2, warm), backend,
                                     measured)
@@ -1150,11 +1173,13 @@ def parse_args(argv):
     ap.add_argument("--backend", choices=("auto", "sb-backend", "nginx"), default="auto",
                     help="the backend behind every target; auto (default) takes the one "
                     "with more small responses per second over keep-alive")
+    ap.add_argument("--wrk-threads", type=int, help="wrk threads in every wrk scenario "
+                    "(default: 2 for close, 1 for the others)")
     ap.add_argument("--json", default=DEFAULT_JSON, help="where the JSON goes "
                     "(default tests/out/bench.json)")
     ap.add_argument("--scenarios", default=",".join(s for s, _ in SCENARIOS),
                     help="comma-separated subset of: " + ",".join(s for s, _ in SCENARIOS))
-    ap.add_argument("--targets", default=",".join(t for t, _ in TARGETS),
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                     help="comma-separated subset of: " + ",".join(t for t, _ in TARGETS))
     ap.add_argument("--workdir", help="parent of the temp dir (configs, logs)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
@@ -1176,6 +1201,8 @@ def parse_args(argv):
         ap.error("haproxy is the reference of every ratio: keep it in --targets")
     if args.rounds < 1 or args.duration < 1 or args.workers < 1 or args.idle_conns < 1:
         ap.error("--rounds, --duration, --workers and --idle-conns must be >= 1")
+    if args.wrk_threads is not None and args.wrk_threads < 1:
+        ap.error("--wrk-threads must be >= 1")
     args.build = args.build if os.path.isabs(args.build) else os.path.join(ROOT, args.build)
     return args
 
@@ -1207,7 +1234,8 @@ def main(argv):
                     "warmup_s": args.warmup, "quick": args.quick,
                     "idle_connections": args.idle_conns, "ws_connections": args.ws_conns,
                     "maxconn": bench.maxconn, "rlimit_nofile": nofile,
-                    "xff_addresses": XFF_ADDRESSES, "build": os.path.relpath(args.build, ROOT)}
+                    "xff_addresses": XFF_ADDRESSES, "build": os.path.relpath(args.build, ROOT),
+                    "wrk_threads": {s: args.wrk_threads or n for s, n in WRK_THREADS.items()}}
         header = [
             "Switchboard benchmark%s: %s" % (" (quick)" if args.quick else "",
                                               time.strftime("%Y-%m-%d %H:%M:%S")),
@@ -1215,9 +1243,11 @@ def main(argv):
                                                   machine["kernel"]),
             "versions: %s; %s; %s; %s" % (versions["switchboard"], versions["haproxy"],
                                           versions["nginx"], versions["wrk"]),
-            "workers %d, %d s per run, %d round(s), warm-up %d s, interleaved; wrk -t1, "
+            "workers %d, %d s per run, %d round(s), warm-up %d s, interleaved; wrk threads %s, "
             "X-Forwarded-For from %d addresses; values are medians over rounds"
-            % (args.workers, args.duration, args.rounds, args.warmup, XFF_ADDRESSES),
+            % (args.workers, args.duration, args.rounds, args.warmup,
+               ", ".join("%s %d" % (s, args.wrk_threads or n) for s, n in WRK_THREADS.items()),
+               XFF_ADDRESSES),
             "limits: maxconn/worker_connections/max_connections %d, RLIMIT_NOFILE %d, "
             "%d idle connections, %d WebSocket connections"
             % (bench.maxconn, nofile, args.idle_conns, args.ws_conns),
