@@ -1544,6 +1544,20 @@ static const struct section timeouts_section = {
     .keys = timeout_keys,
 };
 
+/* 0 turns splicing off; a pipe smaller than a page cannot exist, and Linux
+ * lets unprivileged processes have pipes up to 1 MiB (pipe-max-size). */
+static int check_pipe_size(struct loader *L, const struct conf_key *k,
+                           yaml_node_t *v, void *base)
+{
+    uint32_t size = ((struct conf_limits *)base)->pipe_size;
+    if (size != 0 && (size < 4096 || size > 1048576)) {
+        char got[64];
+        return fail(L, &v->start_mark, "expected 0 (no splicing) or a size from 4k "
+                    "to 1m, got %s", describe(v, got, sizeof got));
+    }
+    return 0;
+}
+
 static const struct conf_key limit_keys[] = {
     { .name = "max_header_bytes", .type = KT_BYTES, .def = "32768",
       .min = 1024, .max = 1048576,
@@ -1551,6 +1565,8 @@ static const struct conf_key limit_keys[] = {
     { .name = "max_connections", .type = KT_UINT, .def = "10000",
       .min = 1, .max = 1000000,
       .off = offsetof(struct conf_limits, max_connections) },
+    { .name = "pipe_size", .type = KT_BYTES, .def = "32768", .min = 0, .max = UINT32_MAX,
+      .check = check_pipe_size, .off = offsetof(struct conf_limits, pipe_size) },
     { .name = NULL },
 };
 

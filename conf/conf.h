@@ -148,6 +148,8 @@ struct conf_timeouts {
 struct conf_limits {
     uint32_t max_header_bytes;  /* request line + headers; default 32768 */
     uint32_t max_connections;   /* client connections, whole process; 10000 */
+    uint32_t pipe_size;         /* bytes a splice pipe holds, 0: no splicing;
+                                   default 32768 */
 };
 
 struct conf_access_log {

@@ -19,8 +19,10 @@
  * Large response bodies bypass the evbuffers: px_pipe moves them from the
  * backend socket into a pipe and from the pipe to the client socket with
  * splice(2), so the kernel hands pages along instead of copying every byte
- * into user memory and back (HAProxy's splicing does the same). Each worker
- * keeps a few empty pipes for reuse and opens at most PX_PIPES_MAX.
+ * into user memory and back (HAProxy's splicing does the same). A pipe holds
+ * limits.pipe_size bytes (its default, and why, in switchboard.conf(5)).
+ * Each worker keeps a few empty pipes for reuse and opens at most
+ * PX_PIPES_MAX.
  *
  * Thread: the worker that owns the connection.
  */
@@ -37,12 +39,6 @@
 #define PX_PIPES_MAX        256
 #define PX_PIPES_FREE_MAX   32
 
-/* Bytes a pipe holds. Small on purpose: 1 MiB answers through loopback went
- * 1.3x faster with 32 KiB than with 64 or 256 KiB (make bench, scenario 3,
- * sb-backend), and 16 KiB was slower again. Pages move on to the client
- * while the backend can still reuse its own, and the data the client reads
- * is still in cache. */
-#define PX_PIPE_SIZE        (32 * 1024)
 
 /* A read of at most PX_READ_MIN bytes, through a buffer on the stack. */
 static int read_small(struct px_conn *c)
@@ -298,13 +294,17 @@ void px_flushq_free(struct px_flushq *q)
 
 /* ---- splicing ------------------------------------------------------------ */
 
-struct px_pipe *px_pipe_get(struct px_worker *w)
+static void pipe_close(struct px_worker *w, struct px_pipe *pp);
+
+struct px_pipe *px_pipe_get(struct px_worker *w, uint32_t size)
 {
-    struct px_pipe *pp = w->pipes;
-    if (pp) {
+    struct px_pipe *pp;
+    while ((pp = w->pipes)) {
         w->pipes = pp->next;
         w->n_pipes_free--;
-        return pp;
+        if (pp->size == size)
+            return pp;
+        pipe_close(w, pp);      /* sized before a reload changed pipe_size */
     }
     if (w->n_pipes >= PX_PIPES_MAX || !(pp = calloc(1, sizeof *pp)))
         return NULL;
@@ -315,7 +315,8 @@ struct px_pipe *px_pipe_get(struct px_worker *w)
     }
     pp->rd = fds[0];
     pp->wr = fds[1];
-    int cap = fcntl(pp->wr, F_SETPIPE_SZ, PX_PIPE_SIZE);
+    pp->size = size;
+    int cap = fcntl(pp->wr, F_SETPIPE_SZ, (int)size);
     if (cap < 0)
         cap = fcntl(pp->wr, F_GETPIPE_SZ);
     pp->cap = cap > 0 ? (size_t)cap : 65536;

@@ -196,14 +196,15 @@ struct px_pipe {
     int rd, wr;
     size_t len;                 /* bytes in the pipe */
     size_t cap;                 /* its capacity */
+    uint32_t size;              /* the limits.pipe_size it was made for */
     bool full;                  /* the last splice into it found no room */
     struct px_pipe *next;       /* in the pool */
 };
 
 struct px_worker;
-/* An empty pipe from `w`'s pool or a new one; NULL when none can be had
- * (the caller copies instead). */
-struct px_pipe *px_pipe_get(struct px_worker *w);
+/* An empty pipe of limits.pipe_size `size`, from `w`'s pool or new; NULL
+ * when none can be had (the caller copies instead). */
+struct px_pipe *px_pipe_get(struct px_worker *w, uint32_t size);
 /* Back to the pool if empty, else closed. */
 void px_pipe_put(struct px_worker *w, struct px_pipe *pp);
 void px_pipe_pool_free(struct px_worker *w);

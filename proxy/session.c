@@ -1524,8 +1524,9 @@ static int pump_response(struct px_exchange *ex)
             break;              /* done when the pipe is empty too */
         if (ex->resp_remaining == 0)
             ex->resp_done = true;
-        else if (ex->resp_remaining >= PX_SPLICE_MIN && !ex->no_splice)
-            ex->pipe = px_pipe_get(c->worker);  /* NULL: copy, as before */
+        else if (ex->resp_remaining >= PX_SPLICE_MIN && !ex->no_splice &&
+                 ex->gen->rt->limits.pipe_size > 0)   /* 0: copy every body */
+            ex->pipe = px_pipe_get(c->worker, ex->gen->rt->limits.pipe_size);
         break;
     case PX_BODY_CHUNKED:
         if (feed(&ex->resp_parser, &px_response_settings, up->conn.in, NULL)

@@ -1,22 +1,24 @@
 """test_proxy_bodies.py - bodies streamed through ./switchboard: chunked
 uploads and downloads, close-delimited answers re-framed per client
-version, and 100 MB each way with sha256 checks and a bound on the
-proxy's memory growth.
+version, 100 MB each way with sha256 checks and a bound on the
+proxy's memory growth, and the splice pipes limits.pipe_size sets.
 
 sb-backend always frames its answers (Content-Length or chunked), so the
 close-delimited answers come from RawOrigin (proxy_helpers), a minimal
 origin in the test process that writes a head without length and closes.
 """
 
+import fcntl
 import hashlib
 import os
 import socket
 import sys
 import time
 
-from harness import (Backend, HttpConn, fetch, pattern, pattern_chunks, pattern_sha256)
-from proxy_helpers import (RawOrigin, RssSampler, curl, pause_fully, small_asan_quarantine,
-                           start_proxy)
+from harness import (Backend, HttpConn, fetch, pattern, pattern_chunks, pattern_sha256,
+                     wait_for)
+from proxy_helpers import (RawOrigin, RssSampler, curl, pause_fully, proxy_config,
+                           small_asan_quarantine, start_proxy)
 
 TIMEOUT = 60
 
@@ -272,3 +274,61 @@ def test_client_abort_mid_download():
             c.request("GET", "/")
             assert c.read_response().body == b"abort\n"
     assert "client_write_error" in sb.stderr_text() or "client write error" in sb.stderr_text()
+
+
+# ---------------------------------------------------------------- splicing
+
+def _pipe_sizes(pid):
+    """{inode: capacity in bytes} of the pipes process `pid` has open. A pipe
+    end reopened through /proc answers F_GETPIPE_SZ for the pipe itself."""
+    F_GETPIPE_SZ = 1032
+    sizes = {}
+    fd_dir = "/proc/%d/fd" % pid
+    for name in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except OSError:
+            continue
+        if not target.startswith("pipe:["):
+            continue
+        try:
+            fd = os.open(os.path.join(fd_dir, name), os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            sizes[target] = fcntl.fcntl(fd, F_GETPIPE_SZ)
+        finally:
+            os.close(fd)
+    return sizes
+
+
+def _download_2mb(port):
+    r = fetch(port, "GET", "/bytes?n=%d" % (2 * MB), sha256=True, sink=lambda d: None,
+              timeout=TIMEOUT)
+    assert r.status == 200 and r.body_len == 2 * MB and r.sha256 == pattern_sha256(2 * MB), \
+        (r.status, r.body_len)
+
+
+def test_pipe_size_sets_the_splice_pipe_and_zero_copies():
+    b = Backend("pipes")
+    limits = {"pipe_size": "64k"}
+    sb, port = start_proxy({"web": [b]}, limits=limits)
+    before = _pipe_sizes(sb.pid)
+    _download_2mb(port)
+    # The body went through a pipe of that size, kept for the next answer.
+    new = {k: v for k, v in _pipe_sizes(sb.pid).items() if k not in before}
+    assert sorted(new.values()) == [65536], new
+
+    # A reload to another size replaces the kept pipe at its next use.
+    sb.reload(proxy_config(port, {"web": [b]}, limits={"pipe_size": "32k"}))
+    wait_for(lambda: "reloaded" in sb.stderr_text(), 5.0, message="no reload")
+    _download_2mb(port)
+    new = {k: v for k, v in _pipe_sizes(sb.pid).items() if k not in before}
+    assert sorted(new.values()) == [32768], new
+
+    # 0: the body is copied, and no pipe is opened for it.
+    sb2, port2 = start_proxy({"web": [b]}, limits={"pipe_size": 0})
+    before = _pipe_sizes(sb2.pid)
+    _download_2mb(port2)
+    new = {k: v for k, v in _pipe_sizes(sb2.pid).items() if k not in before}
+    assert new == {}, new

@@ -230,6 +230,7 @@ static void conf_defaults(void)
     CHECK(c->timeouts.shutdown == 30000);
     CHECK(c->limits.max_header_bytes == 32768);
     CHECK(c->limits.max_connections == 10000);
+    CHECK(c->limits.pipe_size == 32768);
     CHECK(c->access_log.path && strcmp(c->access_log.path, "stderr") == 0);
     CHECK(c->access_log.format == CONF_LOG_COMBINED);
     conf_free(c);
@@ -314,6 +315,18 @@ static void conf_limits(void)
     EXPECT_ERROR(BASE_LISTEN BASE_POOL "limits:\n  max_header_bytes: 32kb\n",
                  "t.yaml:8:21: limits.max_header_bytes: expected a size from 1024 to "
                  "1048576 bytes (suffix k or m allowed), got \"32kb\"");
+    c = load(BASE_LISTEN BASE_POOL "limits:\n  pipe_size: 64k\n");
+    CHECKF(c && c->limits.pipe_size == 65536, "%.400s", err);
+    conf_free(c);
+    c = load(BASE_LISTEN BASE_POOL "limits:\n  pipe_size: 0\n");
+    CHECKF(c && c->limits.pipe_size == 0, "%.400s", err);
+    conf_free(c);
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL "limits:\n  pipe_size: 1000\n",
+                 "t.yaml:8:14: limits.pipe_size: expected 0 (no splicing) or a size from 4k "
+                 "to 1m, got \"1000\"");
+    EXPECT_ERROR(BASE_LISTEN BASE_POOL "limits:\n  pipe_size: 2m\n",
+                 "t.yaml:8:14: limits.pipe_size: expected 0 (no splicing) or a size from 4k "
+                 "to 1m, got \"2m\"");
     EXPECT_ERROR(BASE_LISTEN BASE_POOL "limits:\n  max_connections: 32k\n",
                  "t.yaml:8:20: limits.max_connections: expected an integer from 1 to "
                  "1000000, got \"32k\"");
