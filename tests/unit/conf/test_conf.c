@@ -315,12 +315,18 @@ static void conf_limits(void)
     EXPECT_ERROR(BASE_LISTEN BASE_POOL "limits:\n  max_header_bytes: 32kb\n",
                  "t.yaml:8:21: limits.max_header_bytes: expected a size from 1024 to "
                  "1048576 bytes (suffix k or m allowed), got \"32kb\"");
-    c = load(BASE_LISTEN BASE_POOL "limits:\n  pipe_size: 64k\n");
-    CHECKF(c && c->limits.pipe_size == 65536, "%.400s", err);
-    conf_free(c);
-    c = load(BASE_LISTEN BASE_POOL "limits:\n  pipe_size: 0\n");
-    CHECKF(c && c->limits.pipe_size == 0, "%.400s", err);
-    conf_free(c);
+    static const struct { const char *value; uint32_t bytes; } pipe_sizes[] = {
+        { "64k", 65536 }, { "4096", 4096 }, { "1m", 1048576 }, { "0", 0 },
+    };
+    for (size_t i = 0; i < sizeof pipe_sizes / sizeof pipe_sizes[0]; i++) {
+        char yaml[256];
+        snprintf(yaml, sizeof yaml, BASE_LISTEN BASE_POOL "limits:\n  pipe_size: %s\n",
+                 pipe_sizes[i].value);
+        c = load(yaml);
+        CHECKF(c && c->limits.pipe_size == pipe_sizes[i].bytes, "%s: %.400s",
+               pipe_sizes[i].value, err);
+        conf_free(c);
+    }
     EXPECT_ERROR(BASE_LISTEN BASE_POOL "limits:\n  pipe_size: 1000\n",
                  "t.yaml:8:14: limits.pipe_size: expected 0 (no splicing) or a size from 4k "
                  "to 1m, got \"1000\"");
