@@ -39,7 +39,6 @@
 #define PX_PIPES_MAX        256
 #define PX_PIPES_FREE_MAX   32
 
-
 /* A read of at most PX_READ_MIN bytes, through a buffer on the stack. */
 static int read_small(struct px_conn *c)
 {

@@ -774,10 +774,9 @@ static bool http_consume(struct conn *c)
 
 /* ---- generated bodies -------------------------------------------------- */
 
-/* The most body bytes from `offset` on that add_pattern takes at once. One
- * sendfile(2) per slice, and with TCP_NODELAY each slice's last partial
- * segment leaves alone: so a file slice runs to the file's end, for one small
- * segment per MiB rather than one per 64 KiB. */
+/* The most body bytes from `offset` on that add_pattern takes at once: a
+ * file slice runs to the file's end, so a 1 MiB answer is one sendfile(2)
+ * call's worth, as when nginx sends a file. */
 static size_t pattern_slice_max(const struct conn *c, uint64_t offset)
 {
     if (!c->w->pattern_segment)
