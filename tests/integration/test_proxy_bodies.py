@@ -309,11 +309,17 @@ def _download_2mb(port):
         (r.status, r.body_len)
 
 
+def _pipes_once_serving(sb, port):
+    """_pipe_sizes() once the worker has answered a request: it opens pipes
+    of its own while it starts, after the listening socket already accepts."""
+    assert fetch(port, "GET", "/").status == 200
+    return _pipe_sizes(sb.pid)
+
+
 def test_pipe_size_sets_the_splice_pipe_and_zero_copies():
     b = Backend("pipes")
-    limits = {"pipe_size": "64k"}
-    sb, port = start_proxy({"web": [b]}, limits=limits)
-    before = _pipe_sizes(sb.pid)
+    sb, port = start_proxy({"web": [b]}, limits={"pipe_size": "64k"})
+    before = _pipes_once_serving(sb, port)
     _download_2mb(port)
     # The body went through a pipe of that size, kept for the next answer.
     new = {k: v for k, v in _pipe_sizes(sb.pid).items() if k not in before}
@@ -326,18 +332,13 @@ def test_pipe_size_sets_the_splice_pipe_and_zero_copies():
     sb.reload(proxy_config(port, {"web": [b2]}, limits={"pipe_size": "32k"}))
     wait_for(lambda: fetch(port, "GET", "/").body == b"pipes2\n", 10,
              message="the reloaded configuration was not in use within 10 s")
-    # About one run in six, the first answer after the reload still left the
-    # 64k pipe in place (not understood yet); a later one must replace it.
-    for _ in range(3):
-        _download_2mb(port)
-        new = {k: v for k, v in _pipe_sizes(sb.pid).items() if k not in before}
-        if sorted(new.values()) == [32768]:
-            break
+    _download_2mb(port)
+    new = {k: v for k, v in _pipe_sizes(sb.pid).items() if k not in before}
     assert sorted(new.values()) == [32768], new
 
     # 0: the body is copied, and no pipe is opened for it.
     sb2, port2 = start_proxy({"web": [b]}, limits={"pipe_size": 0})
-    before = _pipe_sizes(sb2.pid)
+    before = _pipes_once_serving(sb2, port2)
     _download_2mb(port2)
     new = {k: v for k, v in _pipe_sizes(sb2.pid).items() if k not in before}
     assert new == {}, new
