@@ -293,7 +293,13 @@ void px_flushq_free(struct px_flushq *q)
 
 /* ---- splicing ------------------------------------------------------------ */
 
-static void pipe_close(struct px_worker *w, struct px_pipe *pp);
+static void pipe_close(struct px_worker *w, struct px_pipe *pp)
+{
+    close(pp->rd);
+    close(pp->wr);
+    free(pp);
+    w->n_pipes--;
+}
 
 struct px_pipe *px_pipe_get(struct px_worker *w, uint32_t size)
 {
@@ -321,14 +327,6 @@ struct px_pipe *px_pipe_get(struct px_worker *w, uint32_t size)
     pp->cap = cap > 0 ? (size_t)cap : 65536;
     w->n_pipes++;
     return pp;
-}
-
-static void pipe_close(struct px_worker *w, struct px_pipe *pp)
-{
-    close(pp->rd);
-    close(pp->wr);
-    free(pp);
-    w->n_pipes--;
 }
 
 void px_pipe_put(struct px_worker *w, struct px_pipe *pp)
