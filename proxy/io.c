@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -39,13 +40,32 @@
 #define PX_PIPES_MAX        256
 #define PX_PIPES_FREE_MAX   32
 
+/* Worker threads are never cancelled, but read(), readv() and sendmsg() are
+ * cancellation points: in a threaded process glibc wraps each call in two
+ * atomic updates of the thread's cancellation state, a cost the two reads
+ * and two writes of every proxied request would pay for nothing. */
+static ssize_t sys_read(int fd, void *buf, size_t len)
+{
+    return syscall(SYS_read, fd, buf, len);
+}
+
+static ssize_t sys_readv(int fd, const struct iovec *iov, int iovcnt)
+{
+    return syscall(SYS_readv, fd, iov, iovcnt);
+}
+
+static ssize_t sys_sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    return syscall(SYS_sendmsg, fd, msg, flags);
+}
+
 /* A read of at most PX_READ_MIN bytes, through a buffer on the stack. */
 static int read_small(struct px_conn *c)
 {
     char buf[PX_READ_MIN];
     ssize_t n;
     do {
-        n = read(c->fd, buf, sizeof buf);
+        n = sys_read(c->fd, buf, sizeof buf);
     } while (n < 0 && errno == EINTR);
     if (n < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK) ? -2 : -1;
@@ -80,7 +100,7 @@ int px_conn_read(struct px_conn *c)
     }
     ssize_t n;
     do {
-        n = readv(c->fd, iov, nvec);
+        n = sys_readv(c->fd, iov, nvec);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
         evbuffer_commit_space(c->in, vec, 0);
@@ -125,7 +145,7 @@ int px_conn_write(struct px_conn *c)
             iov[i].iov_len = vec[i].iov_len;
         }
         struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
-        ssize_t sent = sendmsg(c->fd, &msg, flags);
+        ssize_t sent = sys_sendmsg(c->fd, &msg, flags);
         if (sent < 0) {
             if (errno == EINTR)
                 continue;
