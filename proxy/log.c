@@ -162,7 +162,7 @@ void px_access_log(struct proxy *proxy, const struct px_runtime *rt,
     const char *pool = ex->pool ? ex->pool->name : "-";
     const char *server = ex->server ? ex->server->addr.text : "-";
     const char *client = ex->client_addr[0] ? ex->client_addr : "-";
-    uint64_t dur_us = (px_now_ns() - ex->t_start_ns) / 1000u;
+    uint64_t dur_us = (px_turn_now_ns(ex->client->worker) - ex->t_start_ns) / 1000u;
     uint32_t ref_len, ua_len;
     const char *ref = header_or_dash(ex, "referer", &ref_len);
     const char *ua = header_or_dash(ex, "user-agent", &ua_len);

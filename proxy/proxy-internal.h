@@ -498,6 +498,7 @@ struct px_worker {
     bool joined;                /* main thread: the thread has been joined */
     struct geo_cache *geo_cache;        /* this worker's, for the access log */
     struct px_flushq flushq;            /* output waiting for the turn's end */
+    uint64_t turn_now_ns;               /* px_turn_now_ns(); 0: not read yet */
     /* Empty evbuffers given back by idle and closed clients, for the next
      * client that has bytes to move (session.c: client_buffers). */
     struct evbuffer *spare_bufs[PX_SPARE_BUFS_MAX];
@@ -658,5 +659,10 @@ void px_access_log(struct proxy *proxy, const struct px_runtime *rt,
 
 /* Monotonic nanoseconds. */
 uint64_t px_now_ns(void);
+/* px_now_ns() as of the worker's first question in this turn: what
+ * happened in one turn happened at one time, as nginx and HAProxy reckon
+ * request times per event-loop iteration, and a turn that answers many
+ * requests reads the clock once. */
+uint64_t px_turn_now_ns(struct px_worker *w);
 
 #endif

@@ -620,7 +620,7 @@ static struct px_exchange *exchange_new(struct px_client *c)
     http_parser_init(&ex->resp_parser, HTTP_RESPONSE);
     ex->resp_parser.data = ex;
     ex->phase = PX_PHASE_REQ_HEAD;
-    ex->t_start_ns = px_now_ns();
+    ex->t_start_ns = px_turn_now_ns(c->worker);
     /* The peer until the head says otherwise (trusted X-Forwarded-For). */
     px_sockaddr_text(&c->peer.sa, ex->client_addr, sizeof ex->client_addr);
     set_client_ip(ex, &c->peer.sa);
@@ -1124,7 +1124,7 @@ static int enqueue(struct px_exchange *ex)
         TAILQ_INSERT_HEAD(&ex->gen->waitq[pool_index_of(ex)], ex, wait_link);
     } else {
         TAILQ_INSERT_TAIL(&ex->gen->waitq[pool_index_of(ex)], ex, wait_link);
-        ex->queued_ns = px_now_ns();
+        ex->queued_ns = px_turn_now_ns(ex->client->worker);
     }
     ex->queued = true;
     ex->phase = PX_PHASE_CONNECT;
@@ -1177,7 +1177,7 @@ static int start_backend(struct px_exchange *ex, int exclude)
         break;
     }
     }
-    req.now_ms = px_now_ns() / 1000000u;
+    req.now_ms = px_turn_now_ns(ex->client->worker) / 1000000u;
     struct px_worker *w = ex->client->worker;
     w->rng ^= w->rng << 13;
     w->rng ^= w->rng >> 7;
@@ -1215,9 +1215,9 @@ static int start_backend(struct px_exchange *ex, int exclude)
         return upstream_failed(ex, 502, up->connect_error == ECONNREFUSED
                                ? "connection refused" : "connect failed");
     if (!reused)
-        ex->t_connect_start_ns = px_now_ns();
+        ex->t_connect_start_ns = px_turn_now_ns(ex->client->worker);
     if (up->connected && !ex->t_connect_ns)
-        ex->t_connect_ns = px_now_ns();
+        ex->t_connect_ns = px_turn_now_ns(ex->client->worker);
     return 0;
 }
 
@@ -1245,7 +1245,7 @@ static void note_failure(struct px_exchange *ex, const char *reason)
         ms *= 2;
     if (ms > o->max_ejection_time)
         ms = o->max_ejection_time;
-    uint64_t until = px_now_ns() / 1000000u + ms;
+    uint64_t until = px_turn_now_ns(ex->client->worker) / 1000000u + ms;
     atomic_store_explicit(&s->ejected_until_ms, until, memory_order_relaxed);
     atomic_store_explicit(&s->ramp_start_ms, until, memory_order_relaxed);
     atomic_store_explicit(&s->consecutive_failures, 0, memory_order_relaxed);
@@ -1322,7 +1322,7 @@ static int response_head_done(struct px_exchange *ex)
     if (p->http_major != 1 || status < 100 || status > 999)
         return upstream_failed(ex, 502, "invalid response");
     if (!ex->t_first_byte_ns)
-        ex->t_first_byte_ns = px_now_ns();
+        ex->t_first_byte_ns = px_turn_now_ns(ex->client->worker);
     if (status >= 500)
         note_failure(ex, "5xx answer");
     else if (status >= 200)
@@ -1430,7 +1430,7 @@ static int response_head_done(struct px_exchange *ex)
     if (status == 101) {
         ex->phase = PX_PHASE_TUNNEL;
         ex->status = 101;
-        ex->tunnel_last_ns = px_now_ns();
+        ex->tunnel_last_ns = px_turn_now_ns(c->worker);
         atomic_fetch_add_explicit(&c->worker->proxy->gauges.tunnels, 1,
                                   memory_order_relaxed);
         if (c->worker->ring)
@@ -1680,7 +1680,7 @@ static void arm_exchange(struct px_exchange *ex);
 
 void px_abort_watch_due(struct px_worker *w)
 {
-    uint64_t now = px_now_ns();
+    uint64_t now = px_turn_now_ns(w);
     struct px_exchange *ex;
     while ((ex = TAILQ_FIRST(&w->unwatched))) {
         uint64_t age_ms = (now - ex->t_start_ns) / 1000000u;
@@ -1876,7 +1876,7 @@ static void session_step(struct px_client *c)
                 if (flush_client(c) < 0)
                     return;
                 /* Slow clients get client_header in all, from the first byte. */
-                uint64_t elapsed_ms = (px_now_ns() - ex->t_start_ns) / 1000000u;
+                uint64_t elapsed_ms = (px_turn_now_ns(c->worker) - ex->t_start_ns) / 1000000u;
                 uint32_t limit = ex->gen->rt->timeouts.client_header;
                 uint32_t left = elapsed_ms >= limit ? 1 : limit - (uint32_t)elapsed_ms;
                 px_conn_want_read(&c->conn, true, left, true);
@@ -1954,7 +1954,7 @@ static void client_timeout(struct px_client *c)
         return;
     }
     if (ex->phase == PX_PHASE_TUNNEL) {
-        uint64_t idle_ms = (px_now_ns() - ex->tunnel_last_ns) / 1000000u;
+        uint64_t idle_ms = (px_turn_now_ns(c->worker) - ex->tunnel_last_ns) / 1000000u;
         uint32_t limit = ex->gen->rt->timeouts.tunnel;
         if (idle_ms < limit) {
             px_conn_want_read(&c->conn, true, limit - (uint32_t)idle_ms, true);
@@ -1997,7 +1997,7 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
     if (r == 0)
         px_conn_want_read(&c->conn, false, 0, false);
     if (c->ex && c->ex->phase == PX_PHASE_TUNNEL)
-        c->ex->tunnel_last_ns = px_now_ns();
+        c->ex->tunnel_last_ns = px_turn_now_ns(c->worker);
     session_step(c);
 }
 
@@ -2035,7 +2035,7 @@ static void upstream_read_cb(evutil_socket_t fd, short what, void *arg)
     struct px_client *c = ex->client;
     if (what & EV_TIMEOUT) {
         if (ex->phase == PX_PHASE_TUNNEL) {
-            uint64_t idle_ms = (px_now_ns() - ex->tunnel_last_ns) / 1000000u;
+            uint64_t idle_ms = (px_turn_now_ns(up->worker) - ex->tunnel_last_ns) / 1000000u;
             uint32_t limit = ex->gen->rt->timeouts.tunnel;
             if (idle_ms < limit) {
                 px_conn_want_read(&up->conn, true, limit - (uint32_t)idle_ms, true);
@@ -2063,7 +2063,7 @@ static void upstream_read_cb(evutil_socket_t fd, short what, void *arg)
     if (r <= 0)
         px_conn_want_read(&up->conn, false, 0, false);
     if (ex->phase == PX_PHASE_TUNNEL)
-        ex->tunnel_last_ns = px_now_ns();
+        ex->tunnel_last_ns = px_turn_now_ns(up->worker);
     session_step(c);
 }
 
@@ -2089,7 +2089,7 @@ static void upstream_write_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
         up->connected = true;
-        ex->t_connect_ns = px_now_ns();
+        ex->t_connect_ns = px_turn_now_ns(up->worker);
         px_conn_want_write(&up->conn, false, 0);
     } else if (what & EV_TIMEOUT) {
         if (exchange_fail(ex, 504, "server send timeout") == 0)
@@ -2134,7 +2134,7 @@ static bool dispatch_waitq(struct px_gen *gen, size_t p, uint64_t now)
 
 void px_dispatch_queues(struct px_worker *w)
 {
-    uint64_t now = px_now_ns();
+    uint64_t now = px_turn_now_ns(w);
     bool waiting = false;
     struct px_gen *gen = w->gen;
     for (size_t p = 0; p < gen->rt->n_pools; p++)

@@ -34,7 +34,7 @@ void px_tap_emit(struct px_worker *w, const struct px_exchange *ex,
 {
     struct tm_record rec;
     memset(&rec, 0, sizeof rec);
-    uint64_t now = px_now_ns();
+    uint64_t now = px_turn_now_ns(w);
     rec.time_us = ex->wall_start_us;
     rec.duration_us = elapsed_us(ex->t_start_ns, now);
     rec.connect_us = elapsed_us(ex->t_connect_start_ns, ex->t_connect_ns);

@@ -359,6 +359,13 @@ void px_worker_give(struct px_worker *w, struct px_runtime *rt)
     adopt_runtime(w, rt);
 }
 
+uint64_t px_turn_now_ns(struct px_worker *w)
+{
+    if (!w->turn_now_ns)
+        w->turn_now_ns = px_now_ns();
+    return w->turn_now_ns;
+}
+
 void px_worker_add_listener(struct px_worker *w, int fd, const char *addr)
 {
     listener_add(w, fd, addr);
@@ -368,6 +375,7 @@ void px_worker_add_listener(struct px_worker *w, int fd, const char *addr)
  * together at its end (struct px_flushq). */
 int px_worker_turn(struct px_worker *w, int loop_flags)
 {
+    w->turn_now_ns = 0;
     int rc = event_base_loop(w->base, loop_flags);
     px_flushq_run(&w->flushq);
     return rc;
