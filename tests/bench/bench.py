@@ -47,8 +47,9 @@ turn. Per run: requests/s, p50/p99 latency, the target's CPU time over the
 run (/proc/PID/stat utime+stime, every process of the target) per request,
 its peak RSS (VmHWM summed over its processes), the backend's CPU per
 request, and the load generator's own CPU. The table shows medians over the
-rounds and ratios to HAProxy; the JSON (default tests/out/bench.json) holds
-every run. Facts, not pass/fail: the exit status is 0 when every scenario
+rounds and ratios to HAProxy, then the tracked ratios of the medians and
+their lowest and highest value round by round; the JSON (default
+tests/out/bench.json) holds every run. Facts, not pass/fail: the exit status is 0 when every scenario
 has a value for every target, 1 otherwise.
 
 --quick: 1 round of 1 s, no wrk warm-up, 500 idle connections.
@@ -1081,6 +1082,30 @@ def print_table(bench, summary, header):
     return lines
 
 
+def per_round(summary, s, num, dens, metric):
+    """The ratio num/min(dens) of `metric` within each round, where every one
+    of those targets has a run: adjacent runs share the machine's state, so
+    the spread of these shows how far the median ratio can be trusted."""
+    res = summary.get(s, {}).get("results", {})
+    def by_round(t):
+        return {run.get("round"): run.get(metric) for run in res.get(t, {}).get("runs", [])}
+    a = by_round(num)
+    b = [by_round(t) for t in dens]
+    out = []
+    for rnd, v in sorted(a.items(), key=lambda kv: kv[0] or 0):
+        ds = [d.get(rnd) for d in b]
+        if v is None or any(d is None for d in ds):
+            continue
+        q = ratio(v, min(ds))
+        if q is not None:
+            out.append(q)
+    return out
+
+
+def spread(values):
+    return "n/a" if not values else "%.2f-%.2f" % (min(values), max(values))
+
+
 def verdict(summary, scenarios):
     def med(s, t, m):
         return summary.get(s, {}).get("results", {}).get(t, {}).get("median", {}).get(m)
@@ -1146,6 +1171,28 @@ def verdict(summary, scenarios):
                          r(ratio(med(s, sb, "cpu_us_per_msg"), cpu_min)),
                          ms(med(s, sb, "p99_ms")), ms(med(s, hap, "p99_ms")),
                          ms(med(s, ngx, "p99_ms"))))
+    rounds = []
+    sb_tm = "switchboard_tm"
+    for s, short in (("keepalive", "S1"), ("close", "S2")):
+        if s in scenarios:
+            rounds.append("%s rate / HAProxy %s, / nginx %s, CPU / min %s" % (
+                short, spread(per_round(summary, s, sb, [hap], "rps")),
+                spread(per_round(summary, s, sb, [ngx], "rps")),
+                spread(per_round(summary, s, sb, [hap, ngx], "cpu_us_per_req"))))
+    if "1mb" in scenarios:
+        rounds.append("S3 rate / HAProxy %s, CPU/MiB / HAProxy %s" % (
+            spread(per_round(summary, "1mb", sb, [hap], "bytes_per_s")),
+            spread(per_round(summary, "1mb", sb, [hap], "cpu_us_per_mib"))))
+    tm = []
+    for s, short, rate in (("keepalive", "S1", "rps"), ("close", "S2", "rps"),
+                           ("1mb", "S3", "bytes_per_s"), ("websocket", "S5", "msgs_per_s")):
+        if s in scenarios:
+            tm.append("%s %s" % (short, spread(per_round(summary, s, sb_tm, [sb], rate))))
+    if tm:
+        rounds.append("telemetry on / off rate " + ", ".join(tm))
+    if rounds:
+        lines.append("Per round, min-max (the same ratios within each round): " +
+                     "; ".join(rounds))
     return lines
 
 
