@@ -14,6 +14,7 @@ bench started are checked for sanitizer reports.
 import json
 import math
 import os
+import re
 import sys
 
 import harness
@@ -68,6 +69,11 @@ def test_bench_quick_is_complete():
         assert doc["versions"].get(key), "versions.%s missing" % key
     assert doc["backend"]["chosen"] in ("sb-backend", "nginx")
     assert doc["verdict"], "no tracked ratio lines"
+    # One round: each per-round range is that round's ratio, lowest = highest.
+    rounds = [v for v in doc["verdict"] if v.startswith("Per round")]
+    assert rounds and "n/a" not in rounds[0], rounds
+    for lo, hi in re.findall(r"(\d+\.\d+)-(\d+\.\d+)", rounds[0]):
+        assert lo == hi, rounds[0]
 
     problems = []
     for scenario in SCENARIOS:
