@@ -659,7 +659,7 @@ void px_access_log(struct proxy *proxy, const struct px_runtime *rt,
 
 /* Monotonic nanoseconds. */
 uint64_t px_now_ns(void);
-/* px_now_ns() as of the worker's first question in this turn: what
+/* px_now_ns() as of the first call in the worker's current turn: what
  * happened in one turn happened at one time, as nginx and HAProxy reckon
  * request times per event-loop iteration, and a turn that answers many
  * requests reads the clock once. */

@@ -49,8 +49,8 @@ its peak RSS (VmHWM summed over its processes), the backend's CPU per
 request, and the load generator's own CPU. The table shows medians over the
 rounds and ratios to HAProxy, then the tracked ratios of the medians and
 their lowest and highest value round by round; the JSON (default
-tests/out/bench.json) holds every run. Facts, not pass/fail: the exit status is 0 when every scenario
-has a value for every target, 1 otherwise.
+tests/out/bench.json) holds every run. Facts, not pass/fail: the exit status
+is 0 when every scenario has a value for every target, 1 otherwise.
 
 --quick: 1 round of 1 s, no wrk warm-up, 500 idle connections.
 """
@@ -104,6 +104,12 @@ SCENARIOS = [
 ]
 TITLE = dict(SCENARIOS)
 
+# nginx is the backend unless the project's own serves clearly more small
+# responses: the two are within a few percent of each other, and a choice
+# that follows the noise would change the 1 MiB figures from run to run
+# (the proxies' CPU per MiB follows the backend's pace).
+BACKEND_MARGIN = 1.05
+
 # wrk threads per scenario. One, except where one wrk thread is what limits
 # the rate: opening and closing a connection per request costs wrk about
 # 21 us a request, and with one thread proxies spending 12.7 and 18.7 us a
@@ -112,12 +118,6 @@ TITLE = dict(SCENARIOS)
 # again, as in the reference figures, where the proxies were the limit.
 # Keep-alive (the backend alone does twice a proxy's rate) and 1 MiB bodies
 # keep one thread: a second one only takes CPU from the proxy on two cores.
-# nginx is the backend unless the project's own serves clearly more small
-# responses: the two are within a few percent of each other, and a choice
-# that follows the noise would change the 1 MiB figures from run to run
-# (the proxies' CPU per MiB follows the backend's pace).
-BACKEND_MARGIN = 1.05
-
 WRK_THREADS = {"keepalive": 1, "close": 2, "1mb": 1}
 
 # The headline value of each scenario, and what must have a value for every
