@@ -1177,8 +1177,8 @@ static int start_backend(struct px_exchange *ex, int exclude)
         break;
     }
     }
-    req.now_ms = px_turn_now_ns(ex->client->worker) / 1000000u;
     struct px_worker *w = ex->client->worker;
+    req.now_ms = px_turn_now_ns(w) / 1000000u;
     w->rng ^= w->rng << 13;
     w->rng ^= w->rng >> 7;
     w->rng ^= w->rng << 17;
@@ -1215,9 +1215,9 @@ static int start_backend(struct px_exchange *ex, int exclude)
         return upstream_failed(ex, 502, up->connect_error == ECONNREFUSED
                                ? "connection refused" : "connect failed");
     if (!reused)
-        ex->t_connect_start_ns = px_turn_now_ns(ex->client->worker);
+        ex->t_connect_start_ns = px_turn_now_ns(w);
     if (up->connected && !ex->t_connect_ns)
-        ex->t_connect_ns = px_turn_now_ns(ex->client->worker);
+        ex->t_connect_ns = px_turn_now_ns(w);
     return 0;
 }
 

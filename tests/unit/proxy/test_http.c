@@ -3,8 +3,6 @@
  * look at header values eight bytes at a time: every byte value at every
  * position of a word, and heads cut into pieces at every offset.
  */
-#include <stdlib.h>
-
 #include "check.h"
 #include "proxy/proxy-internal.h"
 
